@@ -1,0 +1,51 @@
+"""LoRA adapters: which layers get one, and with what shape."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from peft import LoraConfig
+
+from finetune.errors import PipelineError
+
+ALL_LINEAR = "all-linear"
+
+
+def linear_layer_names(model) -> list[str]:
+    """Short names of the model's linear layers (4-bit ones included), the output head excluded."""
+    head = model.get_output_embeddings()
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and module is not head and name
+    }
+    return sorted(names)
+
+
+def target_modules(model, spec: str | list[str]) -> list[str]:
+    """Resolve `lora.target_modules`: `all-linear`, or an explicit list checked against the model."""
+    available = linear_layer_names(model)
+    if spec == ALL_LINEAR:
+        return available
+    if isinstance(spec, str):
+        raise PipelineError(f"params.yaml: lora.target_modules is '{spec}'; use '{ALL_LINEAR}' or a list of {available}")
+    unknown = [name for name in spec if name not in available]
+    if unknown:
+        raise PipelineError(f"params.yaml: lora.target_modules names {unknown}, not in this model; choose from {available}")
+    return sorted(spec)
+
+
+def lora_config(model, r: int, alpha: int, dropout: float, spec: str | list[str]) -> LoraConfig:
+    """A PEFT LoRA config for causal language modelling."""
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules(model, spec),
+                      bias="none", task_type="CAUSAL_LM")
+
+
+def load_adapter(model, path: str):
+    """Attach a trained adapter from `path` to the base model, for inference."""
+    from peft import PeftModel
+
+    if not (Path(path) / "adapter_config.json").is_file():
+        raise PipelineError(f"{path}: no adapter_config.json; run the train_qlora stage first (`dvc repro train_qlora`)")
+    return PeftModel.from_pretrained(model, path, is_trainable=False)

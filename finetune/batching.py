@@ -1,0 +1,43 @@
+"""Batches for causal LMs: left padding, positions from the attention mask, logits only where needed."""
+
+from __future__ import annotations
+
+import torch
+
+from finetune.prompts import IGNORE_INDEX
+
+
+def left_pad(rows: list[list[int]], pad_value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack rows right-aligned (so every prompt ends at the last column); returns ids and attention mask."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_value, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r):] = 1
+    return ids, mask
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that start at 0 on each row's first real token, whatever the padding."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+class AnswerOnlyCollator:
+    """Pads each batch to its own longest example, and asks the model for logits on the answer only.
+
+    With left padding every answer ends at the last column, so the loss needs just the last
+    `answer + 1` logits: the output head then runs on a few positions instead of all of them.
+    """
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: list[dict]) -> dict:
+        ids, mask = left_pad([f["input_ids"] for f in features], self.pad_token_id)
+        labels, _ = left_pad([f["labels"] for f in features], IGNORE_INDEX)
+        answer = int((labels != IGNORE_INDEX).sum(-1).max())
+        keep = min(answer + 1, ids.shape[1])
+        return {"input_ids": ids, "attention_mask": mask, "position_ids": positions(mask),
+                "labels": labels[:, -keep:], "logits_to_keep": keep}

@@ -1,0 +1,152 @@
+"""The Markdown report: results table, confusion matrix, loss curve, examples, params and provenance."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
+
+MODELS = (("base", "Base model (zero-shot)"), ("finetuned", "QLoRA fine-tuned"), ("classic", "TF-IDF + logistic regression"))
+PNG_METADATA = {"Software": None}  # keeps the images byte-identical across reruns
+
+
+def results_table(evaluation: dict) -> str:
+    lines = ["| model | accuracy | macro-F1 | weighted-F1 |", "|---|---|---|---|"]
+    for key, name in MODELS:
+        m = evaluation[key]
+        lines.append(f"| {name} | {m['accuracy']:.3f} | {m['macro_f1']:.3f} | {m['weighted_f1']:.3f} |")
+    return "\n".join(lines)
+
+
+def per_class_table(per_class: dict) -> str:
+    lines = ["| label | support | base F1 | fine-tuned F1 | classic F1 |", "|---|---|---|---|---|"]
+    for label, row in per_class["finetuned"].items():
+        lines.append(f"| {label} | {row['support']} | {per_class['base'][label]['f1']:.3f} | "
+                     f"{row['f1']:.3f} | {per_class['classic'][label]['f1']:.3f} |")
+    return "\n".join(lines)
+
+
+def plot_confusion(predictions: pd.DataFrame, column: str, path: Path, title: str) -> None:
+    labels = sorted(set(predictions["actual"]) | set(predictions[column]))
+    fig, ax = plt.subplots(figsize=(9, 8))
+    ConfusionMatrixDisplay.from_predictions(predictions["actual"], predictions[column], labels=labels, ax=ax,
+                                            xticks_rotation="vertical", colorbar=False, cmap="Blues")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90, metadata=PNG_METADATA)
+    plt.close(fig)
+
+
+def read_curve(path: Path) -> tuple[list[float], list[float]]:
+    """A DVCLive .tsv series as (steps, values); empty if it was not logged."""
+    if not path.is_file():
+        return [], []
+    with open(path, encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    value = [k for k in rows[0] if k not in ("step", "timestamp")][0] if rows else None
+    return [float(r["step"]) for r in rows], [float(r[value]) for r in rows]
+
+
+def plot_loss(live_dir: Path, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for split in ("train", "eval"):
+        steps, values = read_curve(live_dir / "plots" / "metrics" / split / "loss.tsv")
+        if steps:
+            ax.plot(steps, values, marker="o" if split == "eval" else None, label=f"{split} loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (answer tokens)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90, metadata=PNG_METADATA)
+    plt.close(fig)
+
+
+def sample_rows(predictions: pd.DataFrame, correct: bool, n: int) -> pd.DataFrame:
+    """`n` right or wrong fine-tuned predictions, chosen reproducibly."""
+    rows = predictions[(predictions["actual"] == predictions["finetuned"]) == correct]
+    return rows.sample(n=min(n, len(rows)), random_state=0) if len(rows) else rows
+
+
+def examples_table(rows: pd.DataFrame) -> str:
+    lines = ["| text | actual | fine-tuned | base | classic |", "|---|---|---|---|---|"]
+    for r in rows.itertuples():
+        text = str(r.text).replace("|", "\\|")
+        lines.append(f"| {text} | {r.actual} | {r.finetuned} | {r.base} | {r.classic} |")
+    return "\n".join(lines)
+
+
+def build_report(evaluation: dict, per_class: dict, training: dict, split_sizes: dict, predictions: pd.DataFrame,
+                 run_info: dict, all_params: dict, live_dir: Path, image_dir: Path, samples: int) -> str:
+    """Write the images into `image_dir` and return the Markdown text that links them."""
+    image_dir.mkdir(parents=True, exist_ok=True)
+    plot_confusion(predictions, "finetuned", image_dir / "confusion_finetuned.png", "Fine-tuned model, test split")
+    plot_confusion(predictions, "base", image_dir / "confusion_base.png", "Base model, test split")
+    plot_loss(live_dir, image_dir / "loss.png")
+    rel = image_dir.name
+    libraries = run_info.get("libraries", {})
+    identity = run_info.get("base_model", {})
+    gain = evaluation["finetuned"]["accuracy"] - evaluation["base"]["accuracy"]
+    return "\n".join([
+        "# Fine-tuning report",
+        "",
+        f"Base model `{identity.get('name')}`, QLoRA adapter r={all_params['lora']['r']}, "
+        f"{split_sizes['train']} training / {split_sizes['validation']} validation / {split_sizes['test']} test examples.",
+        "",
+        "## Test results",
+        "",
+        results_table(evaluation),
+        "",
+        f"Fine-tuning changed test accuracy by {gain:+.3f}.",
+        "",
+        "## Training",
+        "",
+        f"{training['steps']} steps in {training['runtime_s']} s on {training['device']} "
+        f"({training['tokens_per_s']} tokens/s, peak memory {training['peak_memory_gib']} GiB); "
+        f"{training['trainable_parameters']:,} trainable of {training['total_parameters']:,} parameters "
+        f"in {', '.join(training['target_modules'])}. Final training loss {training['final_loss']}, "
+        f"validation loss {training['validation_loss']}.",
+        "",
+        f"![loss curve]({rel}/loss.png)",
+        "",
+        "## Confusion matrices",
+        "",
+        f"![fine-tuned confusion matrix]({rel}/confusion_finetuned.png)",
+        "",
+        f"![base confusion matrix]({rel}/confusion_base.png)",
+        "",
+        "## Per-class F1",
+        "",
+        per_class_table(per_class),
+        "",
+        "## Sample predictions",
+        "",
+        "Right (fine-tuned):",
+        "",
+        examples_table(sample_rows(predictions, True, samples)),
+        "",
+        "Wrong (fine-tuned):",
+        "",
+        examples_table(sample_rows(predictions, False, samples)),
+        "",
+        "## Params",
+        "",
+        "```yaml",
+        yaml.safe_dump(all_params, sort_keys=False).strip(),
+        "```",
+        "",
+        "## Provenance",
+        "",
+        f"- base model: `{identity.get('name')}` " + (f"sha256 `{identity['sha256']}`" if "sha256" in identity
+                                                    else f"revision `{identity.get('revision')}`"),
+        f"- training and validation data sha256: `{run_info.get('data_sha256')}`",
+        "- libraries: " + ", ".join(f"{k} {v}" for k, v in libraries.items()),
+        "",
+    ])

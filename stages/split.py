@@ -1,0 +1,35 @@
+"""split: stratified train / validation / test, no text in two splits, sizes capped by params."""
+
+import argparse
+import pandas as pd
+
+from finetune import params
+from finetune.files import atomic_path, read_jsonl, write_json, write_jsonl
+from finetune.splits import SPLITS, split_examples
+from finetune.stage import run
+
+PARAMS = ("split",)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("examples", help="input: examples from prepare")
+    parser.add_argument("out_dir", help="output: folder for train/validation/test .jsonl")
+    parser.add_argument("sizes", help="output: split sizes (metrics JSON)")
+    args = parser.parse_args()
+    split = params.read_all(PARAMS)["split"]
+
+    examples = pd.DataFrame(read_jsonl(args.examples))
+    caps = {name: params.size_limit(getattr(split, f"max_{name}"), f"split.max_{name}") for name in SPLITS}
+    splits = split_examples(examples, split.validation_fraction, split.test_fraction, caps, split.seed)
+    with atomic_path(args.out_dir) as out_dir:
+        out_dir.mkdir()
+        for name, frame in splits.items():
+            write_jsonl(out_dir / f"{name}.jsonl", frame.to_dict("records"))
+    sizes = {name: len(frame) for name, frame in splits.items()}
+    write_json(args.sizes, sizes)
+    print("split: " + ", ".join(f"{n} {name}" for name, n in sizes.items()))
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,43 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from finetune import base_model
+from finetune.errors import PipelineError
+from tests.conftest import ROOT
+
+
+def test_hub_model_offline_is_a_one_line_error_that_says_what_to_do():
+    code = ("from finetune import base_model\n"
+            "base_model.load_model('tiiuae/falcon-7b', 'main')\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", f"from finetune.stage import run\nrun(lambda: exec({code!r}))"],
+                          env=env, capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 1
+    message = proc.stderr.strip().splitlines()[-1]
+    assert message.startswith("error: cannot load base model 'tiiuae/falcon-7b' at revision 'main'")
+    assert "hf download tiiuae/falcon-7b --revision main" in message
+
+
+def test_missing_local_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(PipelineError, match="has no config.json"):
+        base_model.load_tokenizer(str(tmp_path / "models" / "nothing"), "main")
+
+
+def test_identity_is_a_file_hash_for_local_models_and_id_plus_revision_for_hub_models(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    first = base_model.identity(str(folder), "main")
+    (folder / "config.json").write_text('{"changed": true}')
+    assert base_model.identity(str(folder), "main")["sha256"] != first["sha256"]
+    assert base_model.identity("meta-llama/Llama-2-7b-hf", "abc123") == \
+        {"name": "meta-llama/Llama-2-7b-hf", "revision": "abc123"}
+
+
+def test_the_embedded_model_is_a_standard_folder():
+    folder = ROOT / base_model.EMBEDDED_DIR
+    assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+    assert base_model.export_embedded(folder) == folder  # idempotent: nothing to do the second time

@@ -1,0 +1,45 @@
+import torch
+
+from finetune.batching import AnswerOnlyCollator, left_pad, positions
+from finetune.prompts import IGNORE_INDEX, answer_ids, encode_example, render_prompt
+
+
+def encoded(tokenizer, pairs):
+    return [encode_example(tokenizer, render_prompt("Product: {text}\nDepartment:", text),
+                           answer_ids(tokenizer, " ", label), 64) for text, label in pairs]
+
+
+def test_left_padding_and_positions():
+    ids, mask = left_pad([[5, 6, 7], [8]], pad_value=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert positions(mask).tolist() == [[0, 1, 2], [0, 0, 0]]
+
+
+def test_answer_only_loss_equals_the_full_sequence_loss(tiny_model, tokenizer):
+    """Keeping only the answer's logits must not change the loss, only its cost."""
+    features = encoded(tokenizer, [("Organic Whole Milk", "dairy eggs"), ("Peas", "frozen"),
+                                   ("Spaghetti Number 5 Extra Long Name", "dry goods pasta")])
+    batch = AnswerOnlyCollator(tokenizer.pad_token_id)(features)
+    assert batch["logits_to_keep"] == 5  # longest answer: 3 tokens + end token, plus one for the shift
+    with torch.no_grad():
+        fast = tiny_model(**batch).loss
+        full_labels, _ = left_pad([f["labels"] for f in features], IGNORE_INDEX)
+        full = tiny_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          position_ids=batch["position_ids"], labels=full_labels).loss
+    torch.testing.assert_close(fast, full)
+
+
+def test_padding_does_not_change_an_examples_loss(tiny_model, tokenizer):
+    """Pads are masked by attention mask, never by token id (SmolLM2's pad token is its end token)."""
+    short, long = encoded(tokenizer, [("Peas", "frozen"), ("A Much Longer Product Name Than Peas", "frozen")])
+    collate = AnswerOnlyCollator(tokenizer.pad_token_id)
+    with torch.no_grad():
+        alone = tiny_model(**collate([short])).loss
+        padded = collate([short, long])
+        logits = tiny_model(**{k: v for k, v in padded.items() if k != "labels"}).logits
+        logp = torch.log_softmax(logits[0, :-1].float(), -1)
+        targets = padded["labels"][0, 1:]
+        keep = targets != IGNORE_INDEX
+        in_batch = -logp[keep].gather(-1, targets[keep].unsqueeze(-1)).mean()
+    torch.testing.assert_close(alone, in_batch, atol=1e-5, rtol=1e-5)

@@ -1,0 +1,85 @@
+import numpy as np
+import torch
+
+from finetune.prompts import prompt_ids, render_prompt
+from finetune.scoring import NO_LABEL, label_scores, label_token_ids, match_labels, predict_by_scoring
+from tests.conftest import tiny_llama
+
+TEMPLATE = "Product: {text}\nDepartment:"
+
+
+def bigram_model(tokenizer, transitions: dict[int, int]):
+    """A 1-layer Llama whose next token depends only on the current one: `transitions[a] = b` makes b near-certain.
+
+    Attention and MLP outputs are zeroed, so each position's hidden state is its own token's
+    embedding; the output head then encodes the chosen bigram table.
+    """
+    model = tiny_llama(len(tokenizer))
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.embed_tokens.weight.zero_()
+        model.lm_head.weight.zero_()
+        for dim, (current, following) in enumerate(transitions.items()):
+            model.model.embed_tokens.weight[current, dim] = 1.0
+            model.lm_head.weight[following, dim] = 3.0  # logit 24 after RMSNorm: near-certain over 49k tokens
+    return model
+
+
+def test_scoring_must_pick_the_longer_label_when_the_model_continues_it(tokenizer):
+    """'dairy' is a token prefix of 'dairy eggs': without scoring the end token, 'dairy' would always win."""
+    prompt = render_prompt(TEMPLATE, "Organic Whole Milk")
+    last = prompt_ids(tokenizer, prompt)[-1]
+    dairy, eggs = tokenizer(" dairy eggs", add_special_tokens=False)["input_ids"]
+    assert tokenizer(" dairy", add_special_tokens=False)["input_ids"] == [dairy]
+    model = bigram_model(tokenizer, {last: dairy, dairy: eggs, eggs: tokenizer.eos_token_id})
+
+    labels = ["dairy", "dairy eggs", "frozen"]
+    scores = label_scores(model, tokenizer, [prompt], labels, " ", batch_size=4)
+    assert predict_by_scoring(scores, labels) == ["dairy eggs"]
+    assert scores[0, 1] > -1e-3  # the model is certain of 'dairy eggs' + end
+
+
+def test_scoring_follows_the_model_not_the_label_order(tokenizer):
+    prompt = render_prompt(TEMPLATE, "Ice Cream")
+    last = prompt_ids(tokenizer, prompt)[-1]
+    frozen = tokenizer(" frozen", add_special_tokens=False)["input_ids"][0]
+    model = bigram_model(tokenizer, {last: frozen})
+    labels = ["dairy eggs", "bakery", "frozen", "produce"]
+    assert predict_by_scoring(label_scores(model, tokenizer, [prompt], labels, " ", 2), labels) == ["frozen"]
+
+
+def brute_force_scores(model, tokenizer, prompts, labels):
+    """Each label's log-likelihood from one unpadded forward pass per (prompt, label)."""
+    label_ids = label_token_ids(tokenizer, labels, " ")
+    out = np.zeros((len(prompts), len(labels)))
+    for i, prompt in enumerate(prompts):
+        context = prompt_ids(tokenizer, prompt)
+        for j, answer in enumerate(label_ids):
+            ids = torch.tensor([context + answer])
+            with torch.no_grad():
+                logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+            out[i, j] = sum(logp[len(context) - 1 + k, t].item() for k, t in enumerate(answer))
+    return out
+
+
+def test_batched_cached_scoring_equals_one_pass_per_label(tiny_model, tokenizer):
+    texts = ["Milk", "Organic Baby Spinach Leaves", "Frozen Mixed Berries With Extra Long Name Here", "Dog Food"]
+    prompts = [render_prompt(TEMPLATE, t) for t in texts]
+    labels = ["dairy", "dairy eggs", "dry goods pasta", "frozen", "pets"]
+    fast = label_scores(tiny_model, tokenizer, prompts, labels, " ", batch_size=3)
+    slow = brute_force_scores(tiny_model, tokenizer, prompts, labels)
+    np.testing.assert_allclose(fast, slow, atol=2e-4)
+
+
+def test_end_token_is_scored_only_when_a_label_prefixes_another(tokenizer):
+    eos = tokenizer.eos_token_id
+    assert all(ids[-1] != eos for ids in label_token_ids(tokenizer, ["frozen", "dairy eggs"], " "))
+    assert all(ids[-1] == eos for ids in label_token_ids(tokenizer, ["dairy", "dairy eggs"], " "))
+
+
+def test_generated_answers_match_labels_exactly_or_count_as_no_label():
+    labels = ["dairy eggs", "frozen"]
+    assert match_labels(["Dairy Eggs", "frozen ", "frozen food", ""], labels) == \
+        ["dairy eggs", "frozen", NO_LABEL, NO_LABEL]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import logging
 from pathlib import Path
@@ -117,16 +118,49 @@ def quantization_config(load_in_4bit: bool, quant_type: str, double_quant: bool)
                               bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=compute_dtype())
 
 
+@contextlib.contextmanager
+def _plain_linear_layers():
+    """Build Falcon with plain `nn.Linear` layers while loading.
+
+    transformers (5.17 to 5.23 at least) swaps in 4-bit layers only where `type(module) is nn.Linear`,
+    so Falcon's `FalconLinear` subclass stayed in bf16: "QLoRA" Falcon-7B silently held 13.8 GB of
+    full-precision weights. FalconLinear computes exactly what nn.Linear does.
+    """
+    from transformers.models.falcon import modeling_falcon
+
+    original = modeling_falcon.FalconLinear
+    modeling_falcon.FalconLinear = torch.nn.Linear
+    try:
+        yield
+    finally:
+        modeling_falcon.FalconLinear = original
+
+
+def unquantized_layers(model) -> list[str]:
+    """Names of linear layers (the output head aside) that are not 4-bit."""
+    import bitsandbytes as bnb
+
+    head = model.get_output_embeddings()
+    return [name for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and module is not head and not isinstance(module, bnb.nn.Linear4bit)]
+
+
 def load_model(name: str, revision: str, quantization=None):
     """The base causal LM on this machine's device, in 4-bit if `quantization` is given."""
     from transformers import AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            **_source(name, revision), quantization_config=quantization, dtype=compute_dtype(),
-            device_map={"": device()})
+        with _plain_linear_layers():
+            model = AutoModelForCausalLM.from_pretrained(
+                **_source(name, revision), quantization_config=quantization, dtype=compute_dtype(),
+                device_map={"": device()})
     except OSError as e:
         raise _hub_error(name, revision, e) from None
+    if quantization is not None and getattr(quantization, "load_in_4bit", False):
+        missed = unquantized_layers(model)
+        if missed:
+            raise PipelineError(f"base model '{name}': {len(missed)} linear layers (e.g. {missed[0]}) were not "
+                                f"loaded in 4-bit; set quantization.load_in_4bit to false or report this model type")
     model.config.use_cache = False
     _contiguous_head_input(model)
     return model

@@ -41,3 +41,17 @@ def test_the_embedded_model_is_a_standard_folder():
     folder = ROOT / base_model.EMBEDDED_DIR
     assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
     assert base_model.export_embedded(folder) == folder  # idempotent: nothing to do the second time
+
+
+@pytest.mark.parametrize("build", ["llama", "falcon"])
+def test_every_linear_layer_is_loaded_in_4bit(tmp_path, build):
+    """transformers skips Falcon's FalconLinear when quantizing; load_model must not."""
+    import bitsandbytes as bnb
+
+    from tests.conftest import tiny_falcon, tiny_llama
+
+    (tiny_llama if build == "llama" else tiny_falcon)(vocab_size=256).save_pretrained(tmp_path)
+    model = base_model.load_model(str(tmp_path), "main", base_model.quantization_config(True, "nf4", True))
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers and base_model.unquantized_layers(model) == []
+    assert layers[0].weight.quant_type == "nf4" and layers[0].weight.compress_statistics  # double quantisation

@@ -54,14 +54,16 @@ def read_curve(path: Path) -> tuple[list[float], list[float]]:
     return [float(r["step"]) for r in rows], [float(r[value]) for r in rows]
 
 
-def plot_loss(live_dir: Path, path: Path) -> None:
+def plot_loss(live_dir: Path, path: Path, logging_steps: int) -> None:
+    """Training and validation loss; DVCLive counts one step per log, so steps are scaled back to optimizer steps."""
     fig, ax = plt.subplots(figsize=(7, 4))
-    for split in ("train", "eval"):
-        steps, values = read_curve(live_dir / "plots" / "metrics" / split / "loss.tsv")
+    curves = (("loss.tsv", "training loss", None), ("eval/loss.tsv", "validation loss", "o"))
+    for name, label, marker in curves:
+        steps, values = read_curve(live_dir / "plots" / "metrics" / name)
         if steps:
-            ax.plot(steps, values, marker="o" if split == "eval" else None, label=f"{split} loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (answer tokens)")
+            ax.plot([s * logging_steps for s in steps], values, marker=marker, label=label)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss on answer tokens")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -89,7 +91,7 @@ def build_report(evaluation: dict, per_class: dict, training: dict, split_sizes:
     image_dir.mkdir(parents=True, exist_ok=True)
     plot_confusion(predictions, "finetuned", image_dir / "confusion_finetuned.png", "Fine-tuned model, test split")
     plot_confusion(predictions, "base", image_dir / "confusion_base.png", "Base model, test split")
-    plot_loss(live_dir, image_dir / "loss.png")
+    plot_loss(live_dir, image_dir / "loss.png", all_params["train"]["logging_steps"])
     rel = image_dir.name
     libraries = run_info.get("libraries", {})
     identity = run_info.get("base_model", {})

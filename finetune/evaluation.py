@@ -1,32 +1,47 @@
-"""Evaluate base and fine-tuned models side by side, plus the classic baseline, on the test split."""
+"""Evaluate base and fine-tuned models side by side on the test split (plus the classic baseline for labels)."""
 
 from __future__ import annotations
+
+from contextlib import nullcontext
 
 import numpy as np
 import pandas as pd
 
 from finetune import baseline, scoring
+from finetune.chat import encode_conversation, last_response_only, prompt_ids
 from finetune.errors import PipelineError
-from finetune.metrics import classification_metrics
-from finetune.params import BaselineParams, EvaluateParams, PromptParams
+from finetune.generation import generate, perplexity
+from finetune.metrics import classification_metrics, generation_metrics, rouge_l_per_answer
+from finetune.params import BaselineParams, Task
 from finetune.prompts import render_prompt
 
 METHODS = ("label_scoring", "generation")
+MODELS = ("base", "finetuned")
+HEADLINE = {
+    "classification": ("accuracy", "macro_f1", "weighted_f1", "no_label_rate"),
+    "generation": ("bleu", "rouge_l", "perplexity", "distinct_1", "distinct_2", "repeated_sentence_rate"),
+}
 
 
-def classify(model, tokenizer, texts: list[str], labels: list[str], prompt: PromptParams,
-             params: EvaluateParams, name: str) -> list[str]:
-    """Predict a label for each text with `params.method`."""
+def adapter_state(peft_model, name: str):
+    """A context in which `peft_model` is the base model (adapter off) or the fine-tuned one."""
+    return peft_model.disable_adapter() if name == "base" else nullcontext()
+
+
+def classify(model, tokenizer, texts: list[str], labels: list[str], task: Task, batch_size: int, name: str) -> list[str]:
+    """Predict a label for each text with the task's evaluate.method."""
+    prompt, params = task.prompt, task.evaluate
     prompts = [render_prompt(prompt.template, t) for t in texts]
     if params.method == "label_scoring":
         scores = scoring.label_scores(model, tokenizer, prompts, labels, prompt.answer_prefix,
-                                      params.batch_size, desc=f"{name}: scoring labels")
+                                      batch_size, desc=f"{name}: scoring labels")
         return scoring.predict_by_scoring(scores, labels)
     if params.method == "generation":
-        answers = scoring.generate_answers(model, tokenizer, prompts, params.batch_size, params.max_new_tokens,
+        answers = scoring.generate_answers(model, tokenizer, prompts, batch_size, params.max_new_tokens,
                                            desc=f"{name}: generating")
         return scoring.match_labels(answers, labels)
-    raise PipelineError(f"params.yaml: evaluate.method is '{params.method}'; use one of {', '.join(METHODS)}")
+    raise PipelineError(f"params.yaml: tasks.{task.name}.evaluate.method is '{params.method}'; "
+                        f"use one of {', '.join(METHODS)}")
 
 
 def summarise(actual: list[str], predicted: list[str], labels: list[str]) -> dict:
@@ -36,22 +51,57 @@ def summarise(actual: list[str], predicted: list[str], labels: list[str]) -> dic
     return metrics
 
 
-def evaluate_all(peft_model, tokenizer, train: pd.DataFrame, test: pd.DataFrame, prompt: PromptParams,
-                 params: EvaluateParams, baseline_params: BaselineParams) -> tuple[dict, pd.DataFrame]:
-    """Return {model: metrics} for base, finetuned and classic, and a predictions table."""
+def evaluate_classification(peft_model, tokenizer, train: pd.DataFrame, test: pd.DataFrame, task: Task,
+                            batch_size: int, baseline_params: BaselineParams) -> tuple[dict, dict, pd.DataFrame]:
+    """Return {model: metrics} for base, finetuned and classic, per-class details and a predictions table."""
     labels = sorted(train["label"].unique())
     texts, actual = test["text"].tolist(), test["label"].tolist()
-    with peft_model.disable_adapter():
-        base = classify(peft_model, tokenizer, texts, labels, prompt, params, "base")
-    finetuned = classify(peft_model, tokenizer, texts, labels, prompt, params, "finetuned")
-    classic = baseline.fit_predict(train["text"].tolist(), train["label"].tolist(), texts, baseline_params)
-    predictions = pd.DataFrame({"id": test["id"], "text": texts, "actual": actual,
-                                "base": base, "finetuned": finetuned, "classic": classic})
-    results = {name: summarise(actual, predictions[name].tolist(), labels) for name in ("base", "finetuned", "classic")}
-    return results, predictions
+    predicted = {}
+    for name in MODELS:
+        with adapter_state(peft_model, name):
+            predicted[name] = classify(peft_model, tokenizer, texts, labels, task, batch_size, name)
+    predicted["classic"] = baseline.fit_predict(train["text"].tolist(), train["label"].tolist(), texts, baseline_params)
+    predictions = pd.DataFrame({"id": test["id"], "text": texts, "actual": actual, **predicted})
+    results = {name: summarise(actual, predictions[name].tolist(), labels) for name in (*MODELS, "classic")}
+    return results, {"per_class": {name: m.pop("per_class") for name, m in results.items()}}, predictions
 
 
-def headline(results: dict) -> dict:
-    """The compact metrics file `dvc metrics diff` shows: three numbers per model."""
-    keys = ("accuracy", "macro_f1", "weighted_f1", "no_label_rate")
-    return {name: {k: m[k] for k in keys} for name, m in results.items()}
+def evaluate_generation(peft_model, tokenizer, test: list[dict], task: Task,
+                        batch_size: int) -> tuple[dict, dict, pd.DataFrame]:
+    """Both models answer every test prompt and every probe; text metrics and the perplexity of the references."""
+    prompt, params, max_length = task.prompt, task.evaluate, task.train.max_length
+    encoded = [last_response_only(encode_conversation(tokenizer, row["messages"], prompt.system, prompt.chat_template,
+                                                      max_length)) for row in test]
+    # Prompts are cut to max_length on their own: a long reference must not crowd its prompt out.
+    conversations = [row["messages"][:-1] for row in test] + [[{"role": "user", "content": p}] for p in params.probes]
+    prompts = [prompt_ids(tokenizer, c, prompt.system, prompt.chat_template, max_length) for c in conversations]
+    references = [row["messages"][-1]["content"] for row in test]
+    results, answers = {}, {}
+    for name in MODELS:
+        with adapter_state(peft_model, name):
+            answers[name] = generate(peft_model, tokenizer, prompts, batch_size, params.max_new_tokens,
+                                     desc=f"{name}: generating", no_repeat_ngram_size=params.no_repeat_ngram_size)
+            ppl = perplexity(peft_model, tokenizer, encoded, batch_size, desc=f"{name}: perplexity")
+        results[name] = {**generation_metrics(answers[name][: len(test)], references), "perplexity": round(ppl, 4)}
+    predictions = pd.DataFrame({
+        "id": [row["id"] for row in test],
+        "prompt": [next(m["content"] for m in reversed(row["messages"][:-1]) if m["role"] == "user") for row in test],
+        "reference": references,
+        **{name: answers[name][: len(test)] for name in MODELS},
+        **{f"{name}_rouge_l": rouge_l_per_answer(answers[name][: len(test)], references) for name in MODELS},
+    })
+    probe_answers = [{"prompt": p, **{name: answers[name][len(test) + i] for name in MODELS}}
+                     for i, p in enumerate(params.probes)]
+    return results, {"metrics": results, "probes": probe_answers}, predictions
+
+
+def headline(results: dict, kind: str) -> dict:
+    """The compact metrics file `dvc metrics diff` shows: a few numbers per model."""
+    return {name: {k: m[k] for k in HEADLINE[kind]} for name, m in results.items()}
+
+
+def confusion_rows(predictions: pd.DataFrame, kind: str) -> pd.DataFrame:
+    """Actual vs predicted label per model, the data of the confusion-matrix plots (no rows for generation)."""
+    if kind == "generation":
+        return pd.DataFrame(columns=["actual", *MODELS])
+    return predictions[["actual", *MODELS]]

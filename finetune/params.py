@@ -15,14 +15,19 @@ from finetune.errors import PipelineError
 T = TypeVar("T")
 
 
+KINDS = ("classification", "generation")
+
+
 @dataclasses.dataclass(frozen=True)
 class DataParams:
-    """Where examples come from and which fields are the text and the label."""
+    """Where a task's examples come from and which fields are what the model reads and writes."""
 
     source: str
-    text_field: str
-    label_field: str
+    format: str
+    input_field: str
+    target_field: str
     drop_labels: list[str]
+    turns: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,19 +43,71 @@ class SplitParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class LabelPromptParams:
+    """Classification: how an example becomes a prompt and its label an answer."""
+
+    template: str
+    answer_prefix: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatPromptParams:
+    """Generation: how a conversation becomes tokens."""
+
+    system: str
+    chat_template: str
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskTrainParams:
+    """The training settings that depend on the task's data: how long, how fast, how many tokens."""
+
+    epochs: float
+    batch_size: int
+    learning_rate: float
+    max_length: int
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelEvaluateParams:
+    """Classification: how the test split is labelled."""
+
+    method: str
+    max_new_tokens: int
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationEvaluateParams:
+    """Generation: how long answers may be, and the probe prompts both models answer in the report."""
+
+    max_new_tokens: int
+    no_repeat_ngram_size: int
+    probes: list[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One entry of `tasks`, the one `task` names: everything that depends on the data."""
+
+    name: str
+    kind: str
+    data: DataParams
+    split: SplitParams
+    prompt: LabelPromptParams | ChatPromptParams
+    train: TaskTrainParams
+    evaluate: LabelEvaluateParams | GenerationEvaluateParams
+
+    @property
+    def is_generation(self) -> bool:
+        return self.kind == "generation"
+
+
+@dataclasses.dataclass(frozen=True)
 class BaseModelParams:
     """Which pretrained model is fine-tuned: a local folder or a hub id at a revision."""
 
     name: str
     revision: str
-
-
-@dataclasses.dataclass(frozen=True)
-class PromptParams:
-    """How an example becomes a prompt and an answer."""
-
-    template: str
-    answer_prefix: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,32 +131,26 @@ class LoraParams:
 
 @dataclasses.dataclass(frozen=True)
 class TrainParams:
-    """The optimisation loop."""
+    """The optimisation settings shared by every task (the task adds epochs, batch size, rate and length)."""
 
     seed: int
-    epochs: float
-    batch_size: int
     gradient_accumulation: int
-    learning_rate: float
     warmup_ratio: float
     weight_decay: float
     gradient_checkpointing: bool | str
-    max_length: int
     logging_steps: int
 
 
 @dataclasses.dataclass(frozen=True)
 class EvaluateParams:
-    """How the test split is scored."""
+    """How evaluation batches its work, for every task."""
 
-    method: str
     batch_size: int
-    max_new_tokens: int
 
 
 @dataclasses.dataclass(frozen=True)
 class BaselineParams:
-    """The classic TF-IDF + logistic-regression baseline."""
+    """The classic TF-IDF + logistic-regression baseline (classification tasks)."""
 
     ngram_max: int
     char_ngrams: bool
@@ -114,16 +165,21 @@ class ReportParams:
 
 
 SECTIONS: dict[str, type] = {
-    "data": DataParams,
-    "split": SplitParams,
     "base_model": BaseModelParams,
-    "prompt": PromptParams,
     "quantization": QuantizationParams,
     "lora": LoraParams,
     "train": TrainParams,
     "evaluate": EvaluateParams,
     "baseline": BaselineParams,
     "report": ReportParams,
+}
+# The parts of a task entry, and the dataclass each is read into (prompt and evaluate depend on the kind).
+TASK_PARTS: dict[str, dict[str, type] | type] = {
+    "data": DataParams,
+    "split": SplitParams,
+    "prompt": {"classification": LabelPromptParams, "generation": ChatPromptParams},
+    "train": TaskTrainParams,
+    "evaluate": {"classification": LabelEvaluateParams, "generation": GenerationEvaluateParams},
 }
 
 
@@ -158,30 +214,80 @@ def _check_type(section: str, key: str, value: Any, hint: Any) -> None:
         raise PipelineError(f"params.yaml: {section}.{key} is {value!r}; expected {expected}")
 
 
-def read(name: str, path: str | Path = "params.yaml", raw: dict | None = None) -> Any:
-    """Return section `name` of params.yaml as its dataclass; missing or unknown keys are errors."""
-    cls = SECTIONS[name]
-    raw = load_yaml(path) if raw is None else raw
-    section = raw.get(name)
+def _section(cls: type, section: Any, where: str) -> Any:
+    """Check `section` against dataclass `cls` (no missing, unknown or mistyped key) and build it."""
     if not isinstance(section, dict):
-        raise PipelineError(f"params.yaml: section '{name}' is missing")
+        raise PipelineError(f"params.yaml: section '{where}' is missing")
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(section) - fields)
     missing = sorted(fields - set(section))
     if unknown:
-        raise PipelineError(f"params.yaml: unknown key {name}.{unknown[0]}; known keys: {', '.join(sorted(fields))}")
+        raise PipelineError(f"params.yaml: unknown key {where}.{unknown[0]}; known keys: {', '.join(sorted(fields))}")
     if missing:
-        raise PipelineError(f"params.yaml: missing key {name}.{missing[0]}")
+        raise PipelineError(f"params.yaml: missing key {where}.{missing[0]}")
     for key, value in section.items():
-        _check_type(name, key, value, hints[key])
+        _check_type(where, key, value, hints[key])
     return cls(**section)
 
 
+def read(name: str, path: str | Path = "params.yaml", raw: dict | None = None) -> Any:
+    """Return shared section `name` of params.yaml as its dataclass; missing or unknown keys are errors."""
+    raw = load_yaml(path) if raw is None else raw
+    return _section(SECTIONS[name], raw.get(name), name)
+
+
+def task_names(raw: dict) -> list[str]:
+    tasks = raw.get("tasks")
+    if not isinstance(tasks, dict) or not tasks:
+        raise PipelineError("params.yaml: section 'tasks' is missing")
+    return list(tasks)
+
+
+def read_task(path: str | Path = "params.yaml", raw: dict | None = None, name: str | None = None) -> Task:
+    """The task `task` names (or `name`), with every part checked like a section."""
+    raw = load_yaml(path) if raw is None else raw
+    name = raw.get("task") if name is None else name
+    names = task_names(raw)
+    if name not in names:
+        raise PipelineError(f"params.yaml: task is {name!r}; choose one of the entries of tasks: {', '.join(names)}")
+    entry = raw["tasks"][name]
+    where = f"tasks.{name}"
+    if not isinstance(entry, dict):
+        raise PipelineError(f"params.yaml: {where} must be a mapping")
+    expected = {"kind", *TASK_PARTS}
+    unknown, missing = sorted(set(entry) - expected), sorted(expected - set(entry))
+    if unknown:
+        raise PipelineError(f"params.yaml: unknown key {where}.{unknown[0]}; known keys: {', '.join(sorted(expected))}")
+    if missing:
+        raise PipelineError(f"params.yaml: missing key {where}.{missing[0]}")
+    kind = entry["kind"]
+    if kind not in KINDS:
+        raise PipelineError(f"params.yaml: {where}.kind is {kind!r}; use one of {', '.join(KINDS)}")
+    parts = {}
+    for part, cls in TASK_PARTS.items():
+        parts[part] = _section(cls[kind] if isinstance(cls, dict) else cls, entry[part], f"{where}.{part}")
+    if kind == "classification" and parts["data"].format != "table":
+        raise PipelineError(f"params.yaml: {where}.data.format is '{parts['data'].format}'; "
+                            "a classification task reads a table (one text and one label per row)")
+    return Task(name=name, kind=kind, **parts)
+
+
 def read_all(names: list[str] | tuple[str, ...], path: str | Path = "params.yaml") -> dict[str, Any]:
-    """Read several sections at once, from one parse of the file."""
+    """Read several shared sections at once, from one parse of the file."""
     raw = load_yaml(path)
     return {name: read(name, raw=raw) for name in names}
+
+
+def read_stage(names: tuple[str, ...], path: str | Path = "params.yaml") -> tuple[Task, dict[str, Any]]:
+    """What a stage reads: the chosen task and the shared sections it names, from one parse of the file."""
+    raw = load_yaml(path)
+    return read_task(raw=raw), {name: read(name, raw=raw) for name in names}
+
+
+def task_as_dict(task: Task, parts: tuple[str, ...]) -> dict[str, Any]:
+    """The task's `kind` and the given parts, as plain data (what a stage's output records)."""
+    return {"kind": task.kind, **{part: as_dict(getattr(task, part)) for part in parts}}
 
 
 def as_dict(obj: Any) -> dict[str, Any]:

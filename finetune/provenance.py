@@ -8,7 +8,8 @@ from pathlib import Path
 
 from finetune.files import sha256_of
 
-LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "scikit-learn", "dvc", "dvclive")
+LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "scikit-learn", "sacrebleu", "rouge-score",
+             "datasets", "dvc", "dvclive")
 
 
 def library_versions() -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""The Markdown report: results table, confusion matrix, loss curve, examples, params and provenance."""
+"""The Markdown report: results, loss curve, confusion matrices or probe answers, examples, params and provenance."""
 
 from __future__ import annotations
 
@@ -77,37 +77,96 @@ def sample_rows(predictions: pd.DataFrame, correct: bool, n: int) -> pd.DataFram
     return rows.sample(n=min(n, len(rows)), random_state=0) if len(rows) else rows
 
 
+def cell(text) -> str:
+    """Text that fits in a Markdown table cell."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
 def examples_table(rows: pd.DataFrame) -> str:
     lines = ["| text | actual | fine-tuned | base | classic |", "|---|---|---|---|---|"]
     for r in rows.itertuples():
-        text = str(r.text).replace("|", "\\|")
-        lines.append(f"| {text} | {r.actual} | {r.finetuned} | {r.base} | {r.classic} |")
+        lines.append(f"| {cell(r.text)} | {r.actual} | {r.finetuned} | {r.base} | {r.classic} |")
     return "\n".join(lines)
 
 
-def build_report(evaluation: dict, per_class: dict, training: dict, split_sizes: dict, predictions: pd.DataFrame,
-                 run_info: dict, all_params: dict, live_dir: Path, image_dir: Path, samples: int) -> str:
-    """Write the images into `image_dir` and return the Markdown text that links them."""
-    image_dir.mkdir(parents=True, exist_ok=True)
+GENERATION_METRICS = (("bleu", "BLEU"), ("rouge_l", "ROUGE-L"), ("perplexity", "perplexity"),
+                      ("distinct_1", "distinct-1"), ("distinct_2", "distinct-2"),
+                      ("repeated_sentence_rate", "repeats a sentence"), ("mean_words", "words per answer"))
+
+
+def generation_table(metrics: dict) -> str:
+    lines = ["| model | " + " | ".join(name for _, name in GENERATION_METRICS) + " |",
+             "|---|" + "---|" * len(GENERATION_METRICS)]
+    for key, name in MODELS[:2]:
+        lines.append(f"| {name} | " + " | ".join(f"{metrics[key][k]:.3f}" for k, _ in GENERATION_METRICS) + " |")
+    return "\n".join(lines)
+
+
+def probes_table(probes: list[dict]) -> str:
+    lines = ["| prompt | base model | fine-tuned |", "|---|---|---|"]
+    lines += [f"| {cell(p['prompt'])} | {cell(p['base'])} | {cell(p['finetuned'])} |" for p in probes]
+    return "\n".join(lines)
+
+
+def answers_table(predictions: pd.DataFrame, n: int) -> str:
+    """`n` test prompts, chosen reproducibly, with the reference and both models' answers."""
+    rows = predictions.sample(n=min(n, len(predictions)), random_state=0).sort_index()
+    lines = ["| last user turn | reference | base model | fine-tuned |", "|---|---|---|---|"]
+    lines += [f"| {cell(r.prompt)} | {cell(r.reference)} | {cell(r.base)} | {cell(r.finetuned)} |" for r in rows.itertuples()]
+    return "\n".join(lines)
+
+
+def classification_sections(evaluation: dict, details: dict, predictions: pd.DataFrame, image_dir: Path,
+                            samples: int) -> list[str]:
     plot_confusion(predictions, "finetuned", image_dir / "confusion_finetuned.png", "Fine-tuned model, test split")
     plot_confusion(predictions, "base", image_dir / "confusion_base.png", "Base model, test split")
-    plot_loss(live_dir, image_dir / "loss.png", all_params["train"]["logging_steps"])
     rel = image_dir.name
+    gain = evaluation["finetuned"]["accuracy"] - evaluation["base"]["accuracy"]
+    return [
+        "## Test results", "", results_table(evaluation), "",
+        f"Fine-tuning changed test accuracy by {gain:+.3f}.", "",
+        "## Confusion matrices", "",
+        f"![fine-tuned confusion matrix]({rel}/confusion_finetuned.png)", "",
+        f"![base confusion matrix]({rel}/confusion_base.png)", "",
+        "## Per-class F1", "", per_class_table(details["per_class"]), "",
+        "## Sample predictions", "",
+        "Right (fine-tuned):", "", examples_table(sample_rows(predictions, True, samples)), "",
+        "Wrong (fine-tuned):", "", examples_table(sample_rows(predictions, False, samples)), "",
+    ]
+
+
+def generation_sections(details: dict, predictions: pd.DataFrame, samples: int) -> list[str]:
+    return [
+        "## Test results", "",
+        generation_table(details["metrics"]), "",
+        "BLEU (sacrebleu, 0-100) and ROUGE-L F1 (rouge-score, 0-1) of greedy answers against the test references; "
+        "perplexity of the reference answers (lower is better); distinct-n: share of unique word n-grams; "
+        "repeats a sentence: share of answers that say a sentence twice.", "",
+        "## Probe prompts", "", probes_table(details["probes"]) if details["probes"] else "(none in params)", "",
+        "## Sample test answers", "", answers_table(predictions, samples), "",
+    ]
+
+
+def build_report(task: dict, evaluation: dict, details: dict, training: dict, split_sizes: dict,
+                 predictions: pd.DataFrame, run_info: dict, all_params: dict, live_dir: Path, image_dir: Path,
+                 samples: int) -> str:
+    """Write the images into `image_dir` and return the Markdown text that links them."""
+    image_dir.mkdir(parents=True, exist_ok=True)
+    plot_loss(live_dir, image_dir / "loss.png", all_params["train"]["logging_steps"])
+    if task["kind"] == "generation":
+        results = generation_sections(details, predictions, samples)
+    else:
+        results = classification_sections(evaluation, details, predictions, image_dir, samples)
     libraries = run_info.get("libraries", {})
     identity = run_info.get("base_model", {})
-    gain = evaluation["finetuned"]["accuracy"] - evaluation["base"]["accuracy"]
     return "\n".join([
-        "# Fine-tuning report",
+        f"# Fine-tuning report: {task['name']}",
         "",
-        f"Base model `{identity.get('name')}`, QLoRA adapter r={all_params['lora']['r']}, "
-        f"{split_sizes['train']} training / {split_sizes['validation']} validation / {split_sizes['test']} test examples.",
+        f"Task `{task['name']}` ({task['kind']}), base model `{identity.get('name')}`, QLoRA adapter "
+        f"r={all_params['lora']['r']}, {split_sizes['train']} training / {split_sizes['validation']} validation / "
+        f"{split_sizes['test']} test examples.",
         "",
-        "## Test results",
-        "",
-        results_table(evaluation),
-        "",
-        f"Fine-tuning changed test accuracy by {gain:+.3f}.",
-        "",
+        *results,
         "## Training",
         "",
         f"{training['steps']} steps in {training['runtime_s']} s on {training['device']} "
@@ -116,32 +175,13 @@ def build_report(evaluation: dict, per_class: dict, training: dict, split_sizes:
         f"in {', '.join(training['target_modules'])}. Final training loss {training['final_loss']}, "
         f"validation loss {training['validation_loss']}.",
         "",
-        f"![loss curve]({rel}/loss.png)",
-        "",
-        "## Confusion matrices",
-        "",
-        f"![fine-tuned confusion matrix]({rel}/confusion_finetuned.png)",
-        "",
-        f"![base confusion matrix]({rel}/confusion_base.png)",
-        "",
-        "## Per-class F1",
-        "",
-        per_class_table(per_class),
-        "",
-        "## Sample predictions",
-        "",
-        "Right (fine-tuned):",
-        "",
-        examples_table(sample_rows(predictions, True, samples)),
-        "",
-        "Wrong (fine-tuned):",
-        "",
-        examples_table(sample_rows(predictions, False, samples)),
+        f"![loss curve]({image_dir.name}/loss.png)",
         "",
         "## Params",
         "",
         "```yaml",
-        yaml.safe_dump(all_params, sort_keys=False).strip(),
+        yaml.safe_dump({"task": task["name"], f"tasks.{task['name']}": task["params"], **all_params},
+                       sort_keys=False, allow_unicode=True).strip(),
         "```",
         "",
         "## Provenance",

@@ -8,6 +8,7 @@ from tqdm.auto import tqdm
 
 from finetune.batching import left_pad, positions
 from finetune.errors import PipelineError
+from finetune.generation import generate
 from finetune.prompts import answer_ids, end_token_id, prompt_ids
 
 NO_LABEL = "<no label>"
@@ -82,23 +83,10 @@ def predict_by_scoring(scores: np.ndarray, labels: list[str]) -> list[str]:
     return [labels[i] for i in scores.argmax(axis=1)]
 
 
-@torch.no_grad()
 def generate_answers(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int,
                      desc: str = "generating") -> list[str]:
-    """Greedy answers, batched with left padding, stopping at the end token."""
-    encoded = [prompt_ids(tokenizer, p) for p in prompts]
-    order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i]), i))
-    answers: list[str] = [""] * len(prompts)
-    model.eval()
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
-        idx = order[start: start + batch_size]
-        ids, mask = left_pad([encoded[i] for i in idx], tokenizer.pad_token_id)
-        out = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
-                             max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                             eos_token_id=end_token_id(tokenizer), pad_token_id=tokenizer.pad_token_id)
-        for i, row in zip(idx, out[:, ids.shape[1]:]):
-            answers[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
-    return answers
+    """Greedy answers to prompt texts, batched with left padding, stopping at the end token."""
+    return generate(model, tokenizer, [prompt_ids(tokenizer, p) for p in prompts], batch_size, max_new_tokens, desc)
 
 
 def match_labels(answers: list[str], labels: list[str]) -> list[str]:

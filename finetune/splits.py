@@ -1,7 +1,8 @@
-"""Stratified train / validation / test splits in which no text appears twice."""
+"""Train / validation / test splits in which no text (classification) or conversation group (generation) appears twice."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
@@ -29,12 +30,25 @@ def _take(df: pd.DataFrame, size: float | int, seed: int) -> tuple[pd.DataFrame,
     return taken, rest
 
 
-def split_examples(examples: pd.DataFrame, validation_fraction: float, test_fraction: float,
-                   caps: dict[str, int | None], seed: int) -> dict[str, pd.DataFrame]:
-    """Split stratified by label, then cap each split (stratified) to its size limit."""
+def _check_fractions(validation_fraction: float, test_fraction: float) -> None:
     if not (0 <= validation_fraction < 1 and 0 < test_fraction < 1 and validation_fraction + test_fraction < 1):
         raise PipelineError(
             "params.yaml: split.validation_fraction and split.test_fraction must be in [0, 1) with a sum below 1")
+
+
+def _finish(splits: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """Rows in id order (so files do not depend on the shuffle), and no empty train or test split."""
+    for name in SPLITS:
+        splits[name] = splits[name].sort_values("id", key=lambda s: s.str.zfill(12)).reset_index(drop=True)
+        if splits[name].empty and name != "validation":
+            raise PipelineError(f"the {name} split is empty; use more data or larger split fractions")
+    return splits
+
+
+def split_examples(examples: pd.DataFrame, validation_fraction: float, test_fraction: float,
+                   caps: dict[str, int | None], seed: int) -> dict[str, pd.DataFrame]:
+    """Split stratified by label, then cap each split (stratified) to its size limit."""
+    _check_fractions(validation_fraction, test_fraction)
     keys = examples["text"].map(normalise_text)
     if keys.duplicated().any():
         raise PipelineError("examples contain a text twice; rerun the prepare stage, which removes duplicates")
@@ -45,7 +59,26 @@ def split_examples(examples: pd.DataFrame, validation_fraction: float, test_frac
         cap = caps[name]
         if cap is not None and cap < len(splits[name]):
             splits[name], _ = _take(splits[name], cap, seed)
-        splits[name] = splits[name].sort_values("id", key=lambda s: s.str.zfill(12)).reset_index(drop=True)
-        if splits[name].empty and name != "validation":
-            raise PipelineError(f"the {name} split is empty; use more data or larger split fractions")
-    return splits
+    return _finish(splits)
+
+
+def split_conversations(examples: pd.DataFrame, validation_fraction: float, test_fraction: float,
+                        caps: dict[str, int | None], seed: int) -> dict[str, pd.DataFrame]:
+    """Split whole groups (a conversation, or everything one persona said), shuffled by seed, then cap each split."""
+    _check_fractions(validation_fraction, test_fraction)
+    groups = np.array(sorted(examples["group"].unique()))
+    rng = np.random.default_rng(seed)
+    rng.shuffle(groups)
+    n_test = max(1, int(round(test_fraction * len(groups))))
+    n_validation = int(round(validation_fraction * len(groups)))
+    assigned = {g: "test" for g in groups[:n_test]}
+    assigned |= {g: "validation" for g in groups[n_test:n_test + n_validation]}
+    where = examples["group"].map(lambda g: assigned.get(g, "train"))
+    splits = {}
+    for name in SPLITS:
+        part = examples[where == name]
+        cap = caps[name]
+        if cap is not None and cap < len(part):
+            part = part.iloc[np.sort(rng.permutation(len(part))[:cap])]
+        splits[name] = part
+    return _finish(splits)

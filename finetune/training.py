@@ -16,7 +16,8 @@ from finetune.adapters import lora_config
 from finetune.base_model import device
 from finetune.batching import AnswerOnlyCollator
 from finetune.files import atomic_path, write_json
-from finetune.params import LoraParams, TrainParams
+from finetune.chat import encode_conversation
+from finetune.params import LoraParams, Task, TaskTrainParams, TrainParams
 from finetune.prompts import answer_ids, encode_example, render_prompt
 
 
@@ -37,15 +38,16 @@ class TrainResult:
     device: str
 
 
-def training_arguments(params: TrainParams, output_dir: str, has_validation: bool) -> TrainingArguments:
+def training_arguments(task_train: TaskTrainParams, params: TrainParams, output_dir: str,
+                       has_validation: bool) -> TrainingArguments:
     """TrainingArguments for this transformers version (sampler and warmup names changed in 5.x)."""
     fields = {f.name for f in dataclasses.fields(TrainingArguments)}
     on_gpu = torch.cuda.is_available()
     kwargs = dict(
         output_dir=output_dir, seed=params.seed, data_seed=params.seed,
-        num_train_epochs=params.epochs, per_device_train_batch_size=params.batch_size,
-        per_device_eval_batch_size=params.batch_size * 2,
-        gradient_accumulation_steps=params.gradient_accumulation, learning_rate=params.learning_rate,
+        num_train_epochs=task_train.epochs, per_device_train_batch_size=task_train.batch_size,
+        per_device_eval_batch_size=task_train.batch_size * 2,
+        gradient_accumulation_steps=params.gradient_accumulation, learning_rate=task_train.learning_rate,
         weight_decay=params.weight_decay, lr_scheduler_type="cosine",
         logging_steps=params.logging_steps, logging_first_step=True, save_strategy="no", report_to=[],
         eval_strategy="epoch" if has_validation else "no",
@@ -91,15 +93,15 @@ def peak_memory_gib() -> float:
     return rss / 2**30 if sys.platform == "darwin" else rss / 2**20
 
 
-def train_adapter(model, tokenizer, train_set: list[dict], validation_set: list[dict], params: TrainParams,
-                  lora: LoraParams, work_dir: Path, callbacks: list) -> tuple[object, TrainResult]:
+def train_adapter(model, tokenizer, train_set: list[dict], validation_set: list[dict], task_train: TaskTrainParams,
+                  params: TrainParams, lora: LoraParams, work_dir: Path, callbacks: list) -> tuple[object, TrainResult]:
     """Train a LoRA adapter on encoded examples; returns the PEFT model and its figures."""
     set_seed(params.seed)
     model, modules = attach_adapter(model, lora, params.gradient_checkpointing)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     collator = AnswerOnlyCollator(tokenizer.pad_token_id)
-    args = training_arguments(params, str(work_dir), has_validation=bool(validation_set))
+    args = training_arguments(task_train, params, str(work_dir), has_validation=bool(validation_set))
     trainer = Trainer(model=model, args=args, train_dataset=train_set,
                       eval_dataset=validation_set or None, data_collator=collator, callbacks=callbacks)
     if torch.cuda.is_available():
@@ -107,7 +109,7 @@ def train_adapter(model, tokenizer, train_set: list[dict], validation_set: list[
     start = time.perf_counter()
     output = trainer.train()
     runtime = time.perf_counter() - start
-    tokens = int(sum(len(ex["input_ids"]) for ex in train_set) * params.epochs)
+    tokens = int(sum(len(ex["input_ids"]) for ex in train_set) * task_train.epochs)
     history = [h for h in trainer.state.log_history if "loss" in h]
     evals = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
     result = TrainResult(
@@ -120,11 +122,15 @@ def train_adapter(model, tokenizer, train_set: list[dict], validation_set: list[
     return model, result
 
 
-def encode_split(tokenizer, rows: list[dict], template: str, answer_prefix: str, max_length: int) -> list[dict]:
-    """Encode {text, label} rows as training examples with the prompt masked out of the loss."""
+def encode_split(tokenizer, rows: list[dict], task: Task) -> list[dict]:
+    """Encode a split's rows as training examples: the loss on the label, or on the assistant's turns."""
+    max_length = task.train.max_length
+    if task.is_generation:
+        return [encode_conversation(tokenizer, row["messages"], task.prompt.system, task.prompt.chat_template, max_length)
+                for row in rows]
     return [
-        encode_example(tokenizer, render_prompt(template, row["text"]),
-                       answer_ids(tokenizer, answer_prefix, row["label"]), max_length)
+        encode_example(tokenizer, render_prompt(task.prompt.template, row["text"]),
+                       answer_ids(tokenizer, task.prompt.answer_prefix, row["label"]), max_length)
         for row in rows
     ]
 

@@ -1,4 +1,4 @@
-"""evaluate: base vs fine-tuned vs classic baseline on the test split; metrics, per-class scores, predictions."""
+"""evaluate: base vs fine-tuned (vs a classic baseline for labels) on the test split; metrics, details, predictions."""
 
 import argparse
 from pathlib import Path
@@ -7,36 +7,44 @@ import pandas as pd
 
 from finetune import base_model, params
 from finetune.adapters import load_adapter
-from finetune.evaluation import evaluate_all, headline
+from finetune.evaluation import confusion_rows, evaluate_classification, evaluate_generation, headline
 from finetune.files import read_jsonl, write_csv, write_json
 from finetune.stage import run
 
-PARAMS = ("base_model", "prompt", "quantization", "evaluate", "baseline")
+PARAMS = ("base_model", "quantization", "evaluate", "baseline")
+TASK_PARTS = ("prompt", "train", "evaluate")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("split_dir", help="input: folder with train.jsonl and test.jsonl")
     parser.add_argument("adapter_dir", help="input: the adapter from train_qlora")
-    parser.add_argument("metrics", help="output: accuracy and F1 per model (metrics JSON)")
-    parser.add_argument("per_class", help="output: per-class precision / recall / F1 per model")
+    parser.add_argument("metrics", help="output: headline metrics per model (metrics JSON)")
+    parser.add_argument("details", help="output: per-class scores, or all text metrics and the probe answers")
     parser.add_argument("predictions", help="output: one row per test example (CSV)")
+    parser.add_argument("confusion", help="output: actual vs predicted label per model (CSV, the confusion plots)")
     args = parser.parse_args()
-    p = params.read_all(PARAMS)
-    model_p, quant = p["base_model"], p["quantization"]
+    task, p = params.read_stage(PARAMS)
+    model_p, quant, batch_size = p["base_model"], p["quantization"], p["evaluate"].batch_size
 
-    train = pd.DataFrame(read_jsonl(Path(args.split_dir) / "train.jsonl"))
-    test = pd.DataFrame(read_jsonl(Path(args.split_dir) / "test.jsonl"))
+    test = read_jsonl(Path(args.split_dir) / "test.jsonl")
     tokenizer = base_model.load_tokenizer(model_p.name, model_p.revision)
     model = base_model.load_model(model_p.name, model_p.revision,
                                   base_model.quantization_config(quant.load_in_4bit, quant.quant_type, quant.double_quant))
-    model = load_adapter(model, args.adapter_dir)
-    results, predictions = evaluate_all(model, tokenizer, train, test, p["prompt"], p["evaluate"], p["baseline"])
+    model = load_adapter(base_model.dense_cpu_copy(model), args.adapter_dir)
+    if task.is_generation:
+        results, details, predictions = evaluate_generation(model, tokenizer, test, task, batch_size)
+    else:
+        train = pd.DataFrame(read_jsonl(Path(args.split_dir) / "train.jsonl"))
+        results, details, predictions = evaluate_classification(model, tokenizer, train, pd.DataFrame(test), task,
+                                                                batch_size, p["baseline"])
 
-    write_json(args.metrics, headline(results))
-    write_json(args.per_class, {name: m["per_class"] for name, m in results.items()})
+    summary = headline(results, task.kind)
+    write_json(args.metrics, summary)
+    write_json(args.details, details)
     write_csv(args.predictions, predictions)
-    print("evaluate: " + ", ".join(f"{name} accuracy {m['accuracy']}" for name, m in results.items()))
+    write_csv(args.confusion, confusion_rows(predictions, task.kind))
+    print("evaluate: " + "; ".join(f"{name} " + ", ".join(f"{k} {v}" for k, v in m.items()) for name, m in summary.items()))
 
 
 if __name__ == "__main__":

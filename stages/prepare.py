@@ -1,29 +1,37 @@
-"""prepare: read the source, validate it, drop duplicates; write examples and class counts."""
+"""prepare: read the task's source, validate it, drop duplicates; write examples and their counts."""
 
 import argparse
 
 from finetune import params
+from finetune.dialogues import build_dialogues
 from finetune.examples import build_examples, class_counts
 from finetune.files import write_json, write_jsonl
 from finetune.sources import load_source
 from finetune.stage import run
 
-PARAMS = ("data",)
+PARAMS = ()
+TASK_PARTS = ("data",)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("examples", help="output: one JSON example per line")
-    parser.add_argument("counts", help="output: class counts (metrics JSON)")
+    parser.add_argument("counts", help="output: example and class counts (metrics JSON)")
     args = parser.parse_args()
-    data = params.read_all(PARAMS)["data"]
+    task, _ = params.read_stage(PARAMS)
+    data = task.data
 
     table, origin = load_source(data.source)
-    examples, summary = build_examples(table, origin, data.text_field, data.label_field, data.drop_labels)
+    if task.is_generation:
+        examples, summary = build_dialogues(table, origin, data.format, data.input_field, data.target_field,
+                                            data.drop_labels, data.turns)
+    else:
+        examples, summary = build_examples(table, origin, data.input_field, data.target_field, data.drop_labels)
+        summary["class_counts"] = class_counts(examples)
     write_jsonl(args.examples, examples.to_dict("records"))
-    write_json(args.counts, {**summary, "class_counts": class_counts(examples)})
-    print(f"prepare: {summary['examples']} examples in {summary['classes']} classes "
-          f"({summary['duplicates_removed']} duplicates and {summary['dropped_by_label']} dropped-label rows removed)")
+    write_json(args.counts, summary)
+    print(f"prepare: {summary['examples']} examples for task {task.name} "
+          f"({summary['duplicates_removed']} duplicates removed)")
 
 
 if __name__ == "__main__":

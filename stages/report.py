@@ -11,21 +11,23 @@ from finetune.reporting import build_report
 from finetune.stage import run
 
 PARAMS = tuple(params.SECTIONS)  # the report prints every param, so every section is its dependency
+TASK_PARTS = tuple(params.TASK_PARTS)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("metrics_dir", help="input: folder with eval.json, per_class.json, train.json, split.json, predictions.csv")
+    parser.add_argument("metrics_dir", help="input: folder with eval.json, details.json, train.json, split.json, predictions.csv")
     parser.add_argument("adapter_dir", help="input: the adapter folder (its run.json holds provenance)")
     parser.add_argument("live_dir", help="input: DVCLive training curves")
     parser.add_argument("report", help="output: the Markdown report")
     parser.add_argument("image_dir", help="output: folder for the report's images")
     args = parser.parse_args()
-    p = params.read_all(PARAMS)
+    task, p = params.read_stage(PARAMS)
 
     metrics = Path(args.metrics_dir)
     text_args = dict(
-        evaluation=read_json(metrics / "eval.json"), per_class=read_json(metrics / "per_class.json"),
+        task={"name": task.name, "kind": task.kind, "params": params.task_as_dict(task, TASK_PARTS)},
+        evaluation=read_json(metrics / "eval.json"), details=read_json(metrics / "details.json"),
         training=read_json(metrics / "train.json"), split_sizes=read_json(metrics / "split.json"),
         predictions=pd.read_csv(metrics / "predictions.csv", keep_default_na=False),
         run_info=read_json(Path(args.adapter_dir) / "run.json"),

@@ -1,14 +1,16 @@
-"""split: stratified train / validation / test, no text in two splits, sizes capped by params."""
+"""split: train / validation / test with a seed; no text (or conversation) in two splits; sizes capped by params."""
 
 import argparse
+
 import pandas as pd
 
 from finetune import params
 from finetune.files import atomic_path, read_jsonl, write_json, write_jsonl
-from finetune.splits import SPLITS, split_examples
+from finetune.splits import SPLITS, split_conversations, split_examples
 from finetune.stage import run
 
-PARAMS = ("split",)
+PARAMS = ()
+TASK_PARTS = ("split",)
 
 
 def main() -> None:
@@ -17,11 +19,14 @@ def main() -> None:
     parser.add_argument("out_dir", help="output: folder for train/validation/test .jsonl")
     parser.add_argument("sizes", help="output: split sizes (metrics JSON)")
     args = parser.parse_args()
-    split = params.read_all(PARAMS)["split"]
+    task, _ = params.read_stage(PARAMS)
+    split = task.split
 
     examples = pd.DataFrame(read_jsonl(args.examples))
-    caps = {name: params.size_limit(getattr(split, f"max_{name}"), f"split.max_{name}") for name in SPLITS}
-    splits = split_examples(examples, split.validation_fraction, split.test_fraction, caps, split.seed)
+    caps = {name: params.size_limit(getattr(split, f"max_{name}"), f"tasks.{task.name}.split.max_{name}")
+            for name in SPLITS}
+    divide = split_conversations if task.is_generation else split_examples
+    splits = divide(examples, split.validation_fraction, split.test_fraction, caps, split.seed)
     with atomic_path(args.out_dir) as out_dir:
         out_dir.mkdir()
         for name, frame in splits.items():

@@ -13,7 +13,8 @@ from finetune.files import read_jsonl, write_json
 from finetune.stage import run
 from finetune.training import encode_split, save_adapter, train_adapter
 
-PARAMS = ("base_model", "prompt", "quantization", "lora", "train")
+PARAMS = ("base_model", "quantization", "lora", "train")
+TASK_PARTS = ("prompt", "train")
 
 
 def main() -> None:
@@ -23,23 +24,22 @@ def main() -> None:
     parser.add_argument("metrics", help="output: training metrics JSON")
     parser.add_argument("live_dir", help="output: DVCLive training curves")
     args = parser.parse_args()
-    p = params.read_all(PARAMS)
-    model_p, prompt, train = p["base_model"], p["prompt"], p["train"]
+    task, p = params.read_stage(PARAMS)
+    model_p, quant = p["base_model"], p["quantization"]
 
     tokenizer = base_model.load_tokenizer(model_p.name, model_p.revision)
     splits = {name: read_jsonl(Path(args.split_dir) / f"{name}.jsonl") for name in ("train", "validation")}
-    encoded = {name: encode_split(tokenizer, rows, prompt.template, prompt.answer_prefix, train.max_length)
-               for name, rows in splits.items()}
-    quant = p["quantization"]
+    encoded = {name: encode_split(tokenizer, rows, task) for name, rows in splits.items()}
     model = base_model.load_model(model_p.name, model_p.revision,
                                   base_model.quantization_config(quant.load_in_4bit, quant.quant_type, quant.double_quant))
     live = Live(dir=args.live_dir, dvcyaml=False, save_dvc_exp=False)
     with tempfile.TemporaryDirectory() as work_dir:
-        model, result = train_adapter(model, tokenizer, encoded["train"], encoded["validation"], train, p["lora"],
-                                      Path(work_dir), callbacks=[DVCLiveCallback(live=live)])
+        model, result = train_adapter(model, tokenizer, encoded["train"], encoded["validation"], task.train,
+                                      p["train"], p["lora"], Path(work_dir), callbacks=[DVCLiveCallback(live=live)])
     live.end()
 
     run_info = {
+        "task": {"name": task.name, **params.task_as_dict(task, TASK_PARTS)},
         "params": {name: params.as_dict(section) for name, section in p.items()},
         "base_model": base_model.identity(model_p.name, model_p.revision),
         "data_sha256": provenance.data_hash(*(Path(args.split_dir) / f"{n}.jsonl" for n in ("train", "validation"))),

@@ -11,12 +11,13 @@ from finetune.examples import build_examples, class_counts
 from tests.conftest import ROOT
 
 
-def run_prepare(tmp_path, source: str, **data):
-    """Run the real prepare stage in `tmp_path` with `data.source` set; returns the finished process."""
+def run_prepare(tmp_path, source: str, task: str = "instacart", env: dict | None = None, **data):
+    """Run the real prepare stage in `tmp_path` on `task` with its `data.source` set; returns the finished process."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["data"].update(source=source, **data)
+    params["task"] = task
+    params["tasks"][task]["data"].update(source=source, **data)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run([sys.executable, "-m", "stages.prepare", "out/examples.jsonl", "out/counts.json"],
                           cwd=tmp_path, env=env, capture_output=True, text=True)
 
@@ -38,7 +39,7 @@ def assert_one_line_error(proc, tmp_path, *fragments):
 ])
 def test_bad_table_gives_one_line_error_and_writes_nothing(tmp_path, content, fragments):
     (tmp_path / "bad.csv").write_text(content)
-    assert_one_line_error(run_prepare(tmp_path, "bad.csv", text_field="product", label_field="department"),
+    assert_one_line_error(run_prepare(tmp_path, "bad.csv", input_field="product", target_field="department"),
                           tmp_path, *fragments)
 
 
@@ -54,7 +55,7 @@ def test_missing_file_gives_one_line_error(tmp_path):
 def test_prepare_drops_labels_and_duplicates(tmp_path):
     pd.DataFrame({"name": ["Milk", "milk ", "Peas", "Mystery"], "dept": ["dairy", "dairy", "frozen", "missing"]}) \
         .to_json(tmp_path / "items.jsonl", orient="records", lines=True)
-    proc = run_prepare(tmp_path, "items.jsonl", text_field="name", label_field="dept", drop_labels=["missing"])
+    proc = run_prepare(tmp_path, "items.jsonl", input_field="name", target_field="dept", drop_labels=["missing"])
     assert proc.returncode == 0, proc.stderr
     rows = pd.read_json(tmp_path / "out" / "examples.jsonl", lines=True)
     assert rows["text"].tolist() == ["Milk", "Peas"] and rows["label"].tolist() == ["dairy", "frozen"]

@@ -23,28 +23,46 @@ def leaf_keys(tree: dict, prefix: str = "") -> set[str]:
     return keys
 
 
-def declared_keys(stage: str) -> set[str]:
+TASKS = list(PARAMS["tasks"])
+
+
+def declared_keys(stage: str, task: str) -> set[str]:
+    """The params.yaml keys a stage declares in dvc.yaml, with ${task} resolved to `task`."""
     keys = set()
     for entry in DVC[stage].get("params", []):
+        entry = entry.replace("${task}", task)
         keys |= {k for k in leaf_keys(PARAMS) if k == entry or k.startswith(entry + ".")}
     return keys
 
 
-def read_keys(stage: str) -> set[str]:
-    """The keys the stage's code actually reads: every field of every section it loads."""
+def read_keys(stage: str, task: str) -> set[str]:
+    """The keys the stage's code actually reads: the task's kind and every field of every part and section it loads."""
     module = importlib.import_module(f"stages.{stage}")
-    sections = params.read_all(module.PARAMS, ROOT / "params.yaml")
-    return {f"{name}.{field}" for name, section in sections.items() for field in params.as_dict(section)}
+    raw = params.load_yaml(ROOT / "params.yaml")
+    chosen = params.read_task(raw=raw, name=task)
+    keys = {"task", f"tasks.{task}.kind"}
+    keys |= {f"tasks.{task}.{part}.{field}" for part in module.TASK_PARTS for field in params.as_dict(getattr(chosen, part))}
+    keys |= {f"{name}.{field}" for name in module.PARAMS for field in params.as_dict(params.read(name, raw=raw))}
+    return keys
 
 
+@pytest.mark.parametrize("task", TASKS)
 @pytest.mark.parametrize("stage", list(DVC))
-def test_each_stage_declares_exactly_the_params_it_reads(stage):
-    assert read_keys(stage) == declared_keys(stage)
+def test_each_stage_declares_exactly_the_params_it_reads(stage, task):
+    assert read_keys(stage, task) == declared_keys(stage, task)
 
 
 def test_every_key_in_params_yaml_is_read_by_some_stage():
-    read = set().union(*(read_keys(stage) for stage in DVC))
+    read = set().union(*(read_keys(stage, task) for stage in DVC for task in TASKS))
     assert leaf_keys(PARAMS) == read
+
+
+def test_the_default_task_is_the_embedded_classifier_and_every_seed_task_is_there():
+    assert PARAMS["task"] == "instacart"
+    assert {"instacart", "bigbasket", "chitchat", "persona_chat", "guanaco", "chatbot"} <= set(TASKS)
+    kinds = {task: params.read_task(ROOT / "params.yaml", name=task).kind for task in TASKS}
+    assert kinds["instacart"] == kinds["bigbasket"] == "classification"
+    assert {kinds[t] for t in ("chitchat", "persona_chat", "guanaco", "chatbot")} == {"generation"}
 
 
 @pytest.mark.parametrize("stage", list(DVC))
@@ -84,3 +102,18 @@ def test_unknown_and_mistyped_keys_are_clear_errors(tmp_path):
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(bad))
     with pytest.raises(PipelineError, match="lora.r is 'sixteen'"):
         params.read("lora", tmp_path / "p.yaml")
+
+
+def test_task_errors_name_the_task_and_the_key(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({**PARAMS, "task": "nope"}))
+    with pytest.raises(PipelineError, match="task is 'nope'; choose one of .*instacart"):
+        params.read_task(path)
+    chitchat = {**PARAMS["tasks"]["chitchat"], "prompt": {"template": "{text}", "answer_prefix": " "}}
+    path.write_text(yaml.safe_dump({**PARAMS, "task": "chitchat", "tasks": {**PARAMS["tasks"], "chitchat": chitchat}}))
+    with pytest.raises(PipelineError, match="unknown key tasks.chitchat.prompt.answer_prefix"):
+        params.read_task(path)
+    bad = {**PARAMS["tasks"]["instacart"], "data": {**PARAMS["tasks"]["instacart"]["data"], "format": "guanaco"}}
+    path.write_text(yaml.safe_dump({**PARAMS, "tasks": {**PARAMS["tasks"], "instacart": bad}}))
+    with pytest.raises(PipelineError, match="classification task reads a table"):
+        params.read_task(path)

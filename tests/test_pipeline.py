@@ -16,9 +16,13 @@ from tests.conftest import ROOT, tiny_llama
 
 COPIED = ["dvc.yaml", "params.yaml", "stages", "finetune", ".gitignore", ".dvcignore", "data/raw"]
 TINY = {
-    "split": {"max_train": 48, "max_validation": 8, "max_test": 24},
+    "tasks.instacart.split": {"max_train": 48, "max_validation": 8, "max_test": 24},
+    "tasks.instacart.train": {"batch_size": 8},
+    "tasks.chitchat.split": {"max_train": 16, "max_validation": 4, "max_test": 8},
+    "tasks.chitchat.train": {"batch_size": 8, "max_length": 64},
+    "tasks.chitchat.evaluate": {"max_new_tokens": 4},
     "base_model": {"name": "models/base/tiny"},
-    "train": {"batch_size": 8, "logging_steps": 2},
+    "train": {"logging_steps": 2},
     "evaluate": {"batch_size": 12},
 }
 
@@ -45,8 +49,11 @@ def repo(tmp_path_factory, tokenizer) -> Path:
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, dst)
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    for section, values in TINY.items():
-        params[section].update(values)
+    for key, values in TINY.items():
+        section = params
+        for part in key.split("."):
+            section = section[part]
+        section.update(values)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     model = tiny_llama(len(tokenizer))
     model.save_pretrained(repo / "models/base/tiny")
@@ -106,3 +113,17 @@ def test_exp_run_reruns_only_training_onwards_and_metrics_compare(repo):
     table = json.loads(dvc(repo, "exp", "show", "--json"))
     text = json.dumps(table)
     assert '"r": 4' in text and '"r": 16' in text and "finetuned" in text
+
+
+def test_switching_task_reruns_everything_and_switching_back_gives_the_same_metrics(repo):
+    classification = (repo / "metrics/eval.json").read_bytes()
+    output = dvc(repo, "exp", "run", "-S", "task=chitchat")
+    assert ran_stages(output) == {"prepare", "split", "train_qlora", "evaluate", "report"}
+    generation = json.loads((repo / "metrics/eval.json").read_text())
+    assert set(generation) == {"base", "finetuned"}
+    assert {"bleu", "rouge_l", "perplexity"} <= set(generation["finetuned"])
+    report = (repo / "metrics/report.md").read_text()
+    assert "## Probe prompts" in report and "ROUGE-L" in report
+
+    dvc(repo, "exp", "run", "-S", "task=instacart")
+    assert (repo / "metrics/eval.json").read_bytes() == classification

@@ -51,3 +51,19 @@ def test_duplicate_texts_are_refused():
 def test_bad_fractions_are_a_clear_error():
     with pytest.raises(PipelineError, match="test_fraction"):
         split_examples(examples({"a": 10, "b": 10}), 0.5, 0.6, {"train": None, "validation": None, "test": None}, 0)
+
+
+def test_conversation_groups_never_straddle_splits_and_caps_hold():
+    from finetune.splits import split_conversations
+
+    rows = [{"id": f"{g}-{i}", "group": f"g{g}", "messages": []} for g in range(40) for i in range(3)]
+    data = pd.DataFrame(rows)
+    splits = split_conversations(data, 0.1, 0.2, {"train": None, "validation": None, "test": None}, seed=3)
+    groups = {name: set(frame["group"]) for name, frame in splits.items()}
+    assert not groups["train"] & groups["test"] and not groups["train"] & groups["validation"] \
+        and not groups["validation"] & groups["test"]
+    assert len(groups["test"]) == 8 and len(groups["validation"]) == 4
+    capped = split_conversations(data, 0.1, 0.2, {"train": 10, "validation": None, "test": 5}, seed=3)
+    assert len(capped["train"]) == 10 and len(capped["test"]) == 5
+    assert split_conversations(data, 0.1, 0.2, {"train": 10, "validation": None, "test": 5}, seed=3)["train"].equals(
+        capped["train"])

@@ -1,0 +1,53 @@
+"""Batched greedy generation from token ids, and the perplexity of reference answers."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from finetune.batching import AnswerOnlyCollator, left_pad
+from finetune.prompts import end_token_id
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[list[int]], batch_size: int, max_new_tokens: int,
+             desc: str = "generating", no_repeat_ngram_size: int = 0) -> list[str]:
+    """Greedy answers to tokenized prompts: batches of similar length, left padding, stopping at the end token.
+
+    `no_repeat_ngram_size` > 0 forbids repeating any n-gram of that many tokens (greedy decoding of small
+    models otherwise loops on one sentence).
+    """
+    options = {"no_repeat_ngram_size": no_repeat_ngram_size} if no_repeat_ngram_size > 0 else {}
+    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
+    answers: list[str] = [""] * len(prompts)
+    model.eval()
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
+        idx = order[start: start + batch_size]
+        ids, mask = left_pad([prompts[i] for i in idx], tokenizer.pad_token_id)
+        out = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                             max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                             eos_token_id=end_token_id(tokenizer), pad_token_id=tokenizer.pad_token_id, **options)
+        for i, row in zip(idx, out[:, ids.shape[1]:]):
+            answers[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
+    return answers
+
+
+@torch.no_grad()
+def perplexity(model, tokenizer, examples: list[dict], batch_size: int, desc: str = "perplexity") -> float:
+    """exp(mean negative log-likelihood) over every labelled token of `examples` (encoded, with labels)."""
+    collate = AnswerOnlyCollator(tokenizer.pad_token_id)
+    order = sorted(range(len(examples)), key=lambda i: (len(examples[i]["input_ids"]), i))
+    total, count = 0.0, 0
+    model.eval()
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
+        batch = collate([examples[i] for i in order[start: start + batch_size]])
+        labels = batch.pop("labels").to(model.device)
+        logits = model(**{k: v.to(model.device) if torch.is_tensor(v) else v for k, v in batch.items()}).logits
+        nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                              ignore_index=-100, reduction="sum")
+        total += float(nll)
+        count += int((labels[:, 1:] != -100).sum())
+    return math.exp(total / count)

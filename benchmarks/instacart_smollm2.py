@@ -46,13 +46,21 @@ LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")
 
 # ---- The library, called only through these functions (its signatures may change: adapt here only) ----
 
+def lib_task():
+    """The instacart task entry of params.yaml (the embedded default)."""
+    from finetune import params
+
+    return params.read_task(name="instacart")
+
+
 def lib_full_split(out: Path) -> dict[str, int]:
     """The prepare + split stages' examples and split with params.yaml, every cap 'all'."""
-    from finetune import examples, files, params, sources, splits
+    from finetune import examples, files, sources, splits
 
-    data, split = params.read("data"), params.read("split")
+    task = lib_task()
+    data, split = task.data, task.split
     table, origin = sources.load_source(data.source)
-    rows, _ = examples.build_examples(table, origin, data.text_field, data.label_field, data.drop_labels)
+    rows, _ = examples.build_examples(table, origin, data.input_field, data.target_field, data.drop_labels)
     parts = splits.split_examples(rows, split.validation_fraction, split.test_fraction,
                                   {name: None for name in splits.SPLITS}, split.seed)
     for name, frame in parts.items():
@@ -75,9 +83,9 @@ def lib_metrics(actual: list[str], predicted: list[str], labels: list[str]) -> d
 
 
 def lib_prompt(text: str) -> str:
-    from finetune import params, prompts
+    from finetune import prompts
 
-    return prompts.render_prompt(params.read("prompt").template, text)
+    return prompts.render_prompt(lib_task().prompt.template, text)
 
 
 def lib_tokenizer(model_dir: str):
@@ -96,10 +104,9 @@ def lib_load(model_dir: str, adapter: str | None = None):
 
 
 def lib_encode(tokenizer, rows: list[dict]) -> list[dict]:
-    from finetune import params, training
+    from finetune import training
 
-    p, t = params.read("prompt"), params.read("train")
-    return training.encode_split(tokenizer, rows, p.template, p.answer_prefix, t.max_length)
+    return training.encode_split(tokenizer, rows, lib_task())
 
 
 def lib_train(model, tokenizer, train: list[dict], validation: list[dict], overrides: dict, work: Path,
@@ -107,11 +114,14 @@ def lib_train(model, tokenizer, train: list[dict], validation: list[dict], overr
     """train_adapter with params.yaml's train and lora sections, some train keys overridden."""
     from finetune import params, training
 
-    train_p = dataclasses.replace(params.read("train"), **overrides)
-    peft_model, result = training.train_adapter(model, tokenizer, train, validation, train_p,
+    task_train, shared = lib_task().train, params.read("train")
+    task_fields = {f.name for f in dataclasses.fields(task_train)}
+    task_train = dataclasses.replace(task_train, **{k: v for k, v in overrides.items() if k in task_fields})
+    shared = dataclasses.replace(shared, **{k: v for k, v in overrides.items() if k not in task_fields})
+    peft_model, result = training.train_adapter(model, tokenizer, train, validation, task_train, shared,
                                                 params.read("lora"), work, callbacks=list(callbacks))
     training.save_adapter(peft_model, tokenizer, work / "adapter", {"benchmark": True})
-    return peft_model, dataclasses.asdict(result), dataclasses.asdict(train_p)
+    return peft_model, dataclasses.asdict(result), {**dataclasses.asdict(shared), **dataclasses.asdict(task_train)}
 
 
 def lib_collate(tokenizer, features: list[dict]) -> dict:
@@ -123,7 +133,7 @@ def lib_collate(tokenizer, features: list[dict]) -> dict:
 def lib_label_predict(model, tokenizer, texts: list[str], labels: list[str]) -> list[str]:
     from finetune import params, scoring
 
-    p, e = params.read("prompt"), params.read("evaluate")
+    p, e = lib_task().prompt, params.read("evaluate")
     scores = scoring.label_scores(model, tokenizer, [lib_prompt(t) for t in texts], labels, p.answer_prefix, e.batch_size)
     return scoring.predict_by_scoring(scores, labels)
 
@@ -133,7 +143,8 @@ def lib_generate_predict(model, tokenizer, texts: list[str], labels: list[str]) 
     from finetune import params, scoring
 
     e = params.read("evaluate")
-    answers = scoring.generate_answers(model, tokenizer, [lib_prompt(t) for t in texts], e.batch_size, e.max_new_tokens)
+    answers = scoring.generate_answers(model, tokenizer, [lib_prompt(t) for t in texts], e.batch_size,
+                                       lib_task().evaluate.max_new_tokens)
     return scoring.match_labels(answers, labels)
 
 

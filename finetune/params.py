@@ -145,7 +145,7 @@ class TrainParams:
 class EvaluateParams:
     """How evaluation batches its work, for every task."""
 
-    batch_size: int
+    batch_size: int | str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,6 +292,18 @@ def task_as_dict(task: Task, parts: tuple[str, ...]) -> dict[str, Any]:
 
 def as_dict(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
+
+
+EVALUATION_BATCH = {"cpu": 64, "cuda": 512}  # `auto`: measured in benchmarks/README.md (label scoring)
+
+
+def evaluation_batch_size(value: int | str, on_gpu: bool) -> int:
+    """`auto` is 64 prompts a pass on CPU and 512 on a GPU, where a pass costs about the same up to there."""
+    if value == "auto":
+        return EVALUATION_BATCH["cuda" if on_gpu else "cpu"]
+    if isinstance(value, int) and value > 0:
+        return value
+    raise PipelineError(f"params.yaml: evaluate.batch_size is {value!r}; expected a positive count or 'auto'")
 
 
 def size_limit(value: int | str, what: str) -> int | None:

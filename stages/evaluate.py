@@ -25,7 +25,8 @@ def main() -> None:
     parser.add_argument("confusion", help="output: actual vs predicted label per model (CSV, the confusion plots)")
     args = parser.parse_args()
     task, p = params.read_stage(PARAMS)
-    model_p, quant, batch_size = p["base_model"], p["quantization"], p["evaluate"].batch_size
+    model_p, quant = p["base_model"], p["quantization"]
+    batch_size = params.evaluation_batch_size(p["evaluate"].batch_size, on_gpu=base_model.device().type == "cuda")
 
     test = read_jsonl(Path(args.split_dir) / "test.jsonl")
     tokenizer = base_model.load_tokenizer(model_p.name, model_p.revision)

@@ -117,3 +117,11 @@ def test_task_errors_name_the_task_and_the_key(tmp_path):
     path.write_text(yaml.safe_dump({**PARAMS, "tasks": {**PARAMS["tasks"], "instacart": bad}}))
     with pytest.raises(PipelineError, match="classification task reads a table"):
         params.read_task(path)
+
+
+def test_evaluation_batch_size_auto_is_64_on_cpu_and_512_on_a_gpu():
+    assert params.evaluation_batch_size("auto", on_gpu=False) == 64
+    assert params.evaluation_batch_size("auto", on_gpu=True) == 512
+    assert params.evaluation_batch_size(12, on_gpu=True) == 12
+    with pytest.raises(PipelineError, match="evaluate.batch_size is 'big'"):
+        params.evaluation_batch_size("big", on_gpu=False)

@@ -14,6 +14,7 @@ INSTACART = "instacart"
 CHITCHAT = "chitchat"
 HUB_PREFIX = "hub:"
 INSTACART_FIELDS = ("product", "department", "aisle")
+CHITCHAT_FILE = ".json"  # a file in the chitchat-dataset package's layout (tables are .csv/.jsonl/.parquet)
 TABLE_READERS = {".csv": pd.read_csv, ".jsonl": lambda p: pd.read_json(p, lines=True), ".parquet": pd.read_parquet}
 
 
@@ -42,12 +43,17 @@ def load_instacart() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def load_chitchat() -> pd.DataFrame:
-    """The Chit Chat Challenge corpus as one row per conversation: id and turns (each turn one speaker's messages)."""
-    path = _package_file("chitchat-dataset", "chitchat_dataset/dataset.json", CHITCHAT)
-    corpus = json.loads(path.read_text(encoding="utf-8"))
-    rows = [{"id": key, "turns": [" ".join(m["text"] for m in turn) for turn in conversation["messages"]]}
-            for key, conversation in corpus.items()]
+def load_chitchat(path: Path | None = None) -> pd.DataFrame:
+    """The Chit Chat Challenge corpus (the package's, or a .json file in its layout) as one row per
+    conversation: id and turns (each turn one speaker's consecutive messages)."""
+    path = path or _package_file("chitchat-dataset", "chitchat_dataset/dataset.json", CHITCHAT)
+    try:
+        corpus = json.loads(Path(path).read_text(encoding="utf-8"))
+        rows = [{"id": key, "turns": [" ".join(m["text"] for m in turn) for turn in conversation["messages"]]}
+                for key, conversation in corpus.items()]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise PipelineError(f"{path}: not a chitchat-dataset file ({type(e).__name__}: {e}); expected "
+                            "{id: {messages: [[{text: ...}, ...], ...]}}") from None
     return pd.DataFrame(rows)
 
 
@@ -88,4 +94,8 @@ def load_source(source: str) -> tuple[pd.DataFrame, str]:
         return load_chitchat(), "chitchat corpus (chitchat-dataset)"
     if source.startswith(HUB_PREFIX):
         return load_hub_dataset(source[len(HUB_PREFIX):]), source
+    if source.endswith(CHITCHAT_FILE):
+        if not Path(source).is_file():
+            raise PipelineError(f"{source}: file not found; set the task's data.source to an existing file")
+        return load_chitchat(Path(source)), source
     return read_table(source), source

@@ -24,7 +24,7 @@ CASES = {
     "chatbot": ("chatbot.csv", "llama", {}),
     "persona_chat": ("personachat.parquet", "llama", {}),
     "guanaco": ("guanaco.jsonl", "falcon", {"prompt": {"chat_template": "plain"}}),  # the seeds' Falcon format
-    "chitchat": (None, "llama", {}),
+    "chitchat": ("chitchat.json", "llama", {}),  # the chitchat-dataset layout; the embedded corpus: test_pipeline
 }
 
 

@@ -21,7 +21,7 @@ import torch
 from transformers import pipeline
 
 from finetune import base_model, provenance
-from finetune.chat import prompt_ids
+from finetune.chat import conversation_prompt_ids
 from finetune.dialogues import build_dialogues
 from finetune.generation import generate
 from finetune.params import read_task
@@ -54,7 +54,8 @@ def main() -> None:
     tokenizer = base_model.load_tokenizer(name, "main")
     model = base_model.dense_cpu_copy(base_model.load_model(name, "main", base_model.quantization_config(True, "nf4", True)))
     model.eval()
-    prompts = [prompt_ids(tokenizer, m[:-1], task.prompt.system, task.prompt.chat_template, task.train.max_length)
+    prompts = [conversation_prompt_ids(tokenizer, m[:-1], task.prompt.system, task.prompt.chat_template,
+                                       task.train.max_length)
                for m in conversations]
 
     start = time.perf_counter()

@@ -59,12 +59,12 @@ def _template_segments(tokenizer, messages: list[dict]) -> list[tuple[str, bool]
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        start, end = len(render(messages[:i], True)), len(render(messages[: i + 1], False))
-        if not (full.startswith(render(messages[:i], True)) and full.startswith(render(messages[: i + 1], False))):
+        prompt, turn = render(messages[:i], True), render(messages[: i + 1], False)
+        if not (full.startswith(prompt) and full.startswith(turn)):
             raise PipelineError("the tokenizer's chat template renders a conversation differently from its prefixes; "
                                 "set prompt.chat_template: plain")
-        segments += [(full[done:start], False), (full[start:end], True)]
-        done = end
+        segments += [(full[done:len(prompt)], False), (full[len(prompt):len(turn)], True)]
+        done = len(turn)
     segments.append((full[done:], False))
     return [s for s in segments if s[0]]
 
@@ -104,7 +104,7 @@ def encode_conversation(tokenizer, messages: list[dict], system: str, chat_templ
             "response_start": max(0, response_start - cut)}
 
 
-def prompt_ids(tokenizer, messages: list[dict], system: str, chat_template: str, max_length: int) -> list[int]:
+def conversation_prompt_ids(tokenizer, messages: list[dict], system: str, chat_template: str, max_length: int) -> list[int]:
     """The ids a model continues to answer `messages` (which end with a user turn), as in training."""
     encoded = encode_conversation(tokenizer, messages + [{"role": "assistant", "content": "x"}], system,
                                   chat_template, max_length + 8)

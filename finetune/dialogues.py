@@ -119,7 +119,7 @@ def from_guanaco(table: pd.DataFrame, origin: str, text_field: str, keep: int) -
         if not any(t["role"] == "user" for t in turns):
             raise PipelineError(f"{origin}: row {row} has no '### Human: ... ### Assistant: ...' exchange "
                                 f"in '{text_field}'; fix or remove that row")
-        out.append({"messages": turns[-keep:] if keep else turns})
+        out.append({"messages": _window(turns, keep)})
     return out
 
 

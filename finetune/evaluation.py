@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from finetune import baseline, scoring
-from finetune.chat import encode_conversation, last_response_only, prompt_ids
+from finetune.chat import conversation_prompt_ids, encode_conversation, last_response_only
 from finetune.errors import PipelineError
 from finetune.generation import generate, perplexity
 from finetune.metrics import classification_metrics, generation_metrics, rouge_l_per_answer
@@ -74,7 +74,7 @@ def evaluate_generation(peft_model, tokenizer, test: list[dict], task: Task,
                                                       max_length)) for row in test]
     # Prompts are cut to max_length on their own: a long reference must not crowd its prompt out.
     conversations = [row["messages"][:-1] for row in test] + [[{"role": "user", "content": p}] for p in params.probes]
-    prompts = [prompt_ids(tokenizer, c, prompt.system, prompt.chat_template, max_length) for c in conversations]
+    prompts = [conversation_prompt_ids(tokenizer, c, prompt.system, prompt.chat_template, max_length) for c in conversations]
     references = [row["messages"][-1]["content"] for row in test]
     results, answers = {}, {}
     for name in MODELS:

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 
-from finetune.chat import encode_conversation, last_response_only, prompt_ids, uses_template, with_system
+from finetune.chat import conversation_prompt_ids, encode_conversation, last_response_only, uses_template, with_system
 from finetune.errors import PipelineError
 from finetune.prompts import IGNORE_INDEX
 
@@ -60,7 +60,7 @@ def test_plain_format_when_the_tokenizer_has_no_chat_template(plain_tokenizer):
 def test_the_prompt_a_model_answers_is_the_training_prefix(tokenizer, chat_template):
     encoded = encode_conversation(tokenizer, CONVERSATION, "Be brief.", chat_template, 512)
     prefix = encoded["input_ids"][: encoded["response_start"]]
-    assert prompt_ids(tokenizer, CONVERSATION[:-1], "Be brief.", chat_template, 512) == prefix
+    assert conversation_prompt_ids(tokenizer, CONVERSATION[:-1], "Be brief.", chat_template, 512) == prefix
     last = last_response_only(encoded)
     assert trained_text(tokenizer, last) == trained_text(tokenizer, encoded)[-1:]
 

@@ -8,11 +8,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from finetune.batching import AnswerOnlyCollator, left_pad
+from finetune.batching import AnswerOnlyCollator, any_length_attention, left_pad
 from finetune.prompts import end_token_id
 
 
 @torch.no_grad()
+@any_length_attention()
 def generate(model, tokenizer, prompts: list[list[int]], batch_size: int, max_new_tokens: int,
              desc: str = "generating", no_repeat_ngram_size: int = 0) -> list[str]:
     """Greedy answers to tokenized prompts: batches of similar length, left padding, stopping at the end token.
@@ -36,6 +37,7 @@ def generate(model, tokenizer, prompts: list[list[int]], batch_size: int, max_ne
 
 
 @torch.no_grad()
+@any_length_attention()
 def perplexity(model, tokenizer, examples: list[dict], batch_size: int, desc: str = "perplexity") -> float:
     """exp(mean negative log-likelihood) over every labelled token of `examples` (encoded, with labels)."""
     collate = AnswerOnlyCollator(tokenizer.pad_token_id)

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from finetune.batching import left_pad, positions
+from finetune.batching import any_length_attention, left_pad, positions
 from finetune.errors import PipelineError
 from finetune.generation import generate
 from finetune.prompts import answer_ids, end_token_id, prompt_ids
@@ -64,6 +64,7 @@ def _score_batch(model, prompts: list[list[int]], label_ids: list[list[int]], pa
     return scores.cpu()
 
 
+@any_length_attention()
 def label_scores(model, tokenizer, prompts: list[str], labels: list[str], answer_prefix: str,
                  batch_size: int, desc: str = "scoring") -> np.ndarray:
     """An (examples x labels) array of log-likelihoods; the argmax is always a valid label."""

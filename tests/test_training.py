@@ -1,0 +1,73 @@
+"""The training settings a GPU picks by itself: batch growth and activation checkpointing."""
+
+import dataclasses
+
+from finetune import params
+from finetune.training import LARGE_MODEL, attach_adapter, device_batch_size, parameter_count, wants_checkpointing
+
+
+def settings(**train_overrides):
+    task = params.read_task("params.yaml", None, "instacart")
+    return task.train, dataclasses.replace(params.read("train"), **train_overrides)
+
+
+def test_cpu_keeps_the_tasks_batch_whatever_the_lengths():
+    task_train, train = settings(gpu_batch_tokens=4096, gpu_min_steps=10)
+    assert device_batch_size(task_train, train, [12] * 100_000, on_gpu=False) == task_train.batch_size
+
+
+def test_gpu_grows_the_batch_to_the_token_budget_at_the_longest_example():
+    task_train, train = settings(gpu_batch_tokens=4096, gpu_min_steps=200)
+    lengths = [10] * 50_000 + [40]
+    assert device_batch_size(task_train, train, lengths, on_gpu=True) == 4096 // 40
+
+
+def test_gpu_batch_keeps_the_minimum_number_of_steps():
+    task_train, train = settings(gpu_batch_tokens=4096, gpu_min_steps=200)
+    lengths = [20] * 6_000   # 204 examples would fit the budget; 6,000 / 200 steps allows 30
+    assert device_batch_size(task_train, train, lengths, on_gpu=True) == max(task_train.batch_size, 30)
+
+
+def test_gpu_batch_never_shrinks_below_the_tasks():
+    task_train, train = settings(gpu_batch_tokens=4096, gpu_min_steps=200)
+    assert device_batch_size(task_train, train, [512] * 100_000, on_gpu=True) == task_train.batch_size
+    small_split = [20] * 1_000
+    assert device_batch_size(task_train, train, small_split, on_gpu=True) == task_train.batch_size
+    _, off = settings(gpu_batch_tokens=0)
+    assert device_batch_size(task_train, off, [10] * 100_000, on_gpu=True) == task_train.batch_size
+
+
+def test_auto_checkpointing_only_for_a_large_model_on_a_gpu():
+    assert wants_checkpointing("auto", LARGE_MODEL, on_gpu=True)
+    assert not wants_checkpointing("auto", LARGE_MODEL - 1, on_gpu=True)
+    assert not wants_checkpointing("auto", 10 * LARGE_MODEL, on_gpu=False)
+    assert wants_checkpointing(True, 1, on_gpu=False)
+    assert not wants_checkpointing(False, 10 * LARGE_MODEL, on_gpu=True)
+
+
+def test_parameter_count_of_a_4bit_model_is_its_dense_count(tmp_path):
+    """bitsandbytes packs two 4-bit weights per element: the count must not halve the model."""
+    from finetune import base_model
+    from tests.conftest import tiny_llama
+
+    dense = tiny_llama(vocab_size=256)
+    dense.save_pretrained(tmp_path)
+    quantized = base_model.load_model(str(tmp_path), "main", base_model.quantization_config(True, "nf4", True))
+    assert sum(p.numel() for p in quantized.parameters()) < parameter_count(dense)
+    assert parameter_count(quantized) == parameter_count(dense) == sum(p.numel() for p in dense.parameters())
+
+
+def test_attach_adapter_trains_only_the_adapter_and_keeps_frozen_dtypes():
+    """Frozen weights stay in their dtype (no fp32 copies of the embeddings and head); only LoRA learns."""
+    import torch
+
+    from tests.conftest import tiny_llama
+
+    model = tiny_llama(vocab_size=256).to(torch.bfloat16)
+    lora = dataclasses.replace(params.read("lora"), r=4, alpha=8, target_modules="all-linear")
+    peft_model, modules, checkpointing = attach_adapter(model, lora, gradient_checkpointing=True)
+    trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert peft_model.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert checkpointing and peft_model.base_model.model.is_gradient_checkpointing
+    assert set(modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}

@@ -1,17 +1,30 @@
-"""QLoRA training throughput on one GPU: the seeds' plain HF stack vs this project's train path.
+"""QLoRA training throughput at 7B on one GPU: the seeds' plain HF stack vs this project's train_qlora path.
 
 Both paths train the same randomly initialised 7B-shaped model (built from `LlamaConfig()` /
-`FalconConfig()`, whose defaults are the 7B shapes; speed does not depend on the weights' values)
-on the same full-length batches, with LoRA r=16 alpha=32 on all linear layers and paged 8-bit AdamW.
+`FalconConfig()`, whose defaults are the 7B shapes; speed does not depend on the weights' values),
+LoRA r=16 alpha=32 on all linear layers, sequence at most 512.
 
-- seeds:   nf4 + double quantisation, bf16 compute, prepare_model_for_kbit_training with
-           gradient checkpointing, LoRA dropout 0.05 (what the seed notebooks ran).
-- project: finetune.base_model.load_model + finetune.training.attach_adapter, i.e. exactly what
-           the train_qlora stage does on a GPU, with params.yaml's lora section.
+- seeds:   nf4 + double quantisation, bf16 compute, prepare_model_for_kbit_training with gradient
+           checkpointing, LoRA dropout 0.05, paged 8-bit AdamW, every example padded to 512 and the
+           loss on every real token (the seed notebooks' SFT on a text field), batch 4 or 8.
+- project: `finetune.training.train_adapter` itself, as the train_qlora stage calls it on a GPU:
+           `finetune.base_model.load_model`, params.yaml's lora and train sections (the batch grows to
+           `train.gpu_batch_tokens`, checkpointing by size), dynamic padding with length-grouped
+           batches, loss on the answers only. The Trainer is stopped after the timed steps.
 
-Writes one JSON per run under benchmarks/results/ and prints a table. Usage (on the GPU machine):
+Workloads (the token ids are random; the lengths and answer positions are real):
 
-    python3 -m benchmarks.qlora_throughput --models llama-7b --batches 4 8
+- instacart: the Instacart training split (33,806 products) as train_qlora encodes it: the
+             product-classification work of seeds 000 and 001, which ran it on Falcon-7B / Llama-2-7B.
+- dialogue:  the 4,007 whole conversations of the embedded chitchat dataset in the plain
+             `### Human: / ### Assistant:` format a 7B base model gets, cut at 512 tokens (mean 322).
+- full512:   every example 512 tokens long, loss on every token: no padding for anyone to save.
+
+Tokens/s counts real (not padding) tokens. Writes one JSON per run under the output folder and
+prints a table. Usage:
+
+    python -m benchmarks.qlora_throughput profile        # here: real lengths -> .bench/length_profiles.json
+    python3 -m benchmarks.qlora_throughput run --models llama-7b --profiles .bench/length_profiles.json   # GPU
 """
 
 from __future__ import annotations
@@ -22,6 +35,7 @@ import datetime
 import gc
 import importlib.metadata
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -29,7 +43,67 @@ import torch
 
 MATMUL_CEILING_TFLOPS = 802.0  # bf16, measured on the H100 this was written for
 SEQUENCE = 512
+IGNORE_INDEX = -100
+LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")
 
+
+# ---------------------------------------------------------------- length profiles (on the CPU machine)
+
+def label_spans(labels: list[int]) -> list[list[int]]:
+    """[start, end) runs of positions that carry a label."""
+    spans, start = [], None
+    for i, label in enumerate(labels + [IGNORE_INDEX]):
+        if label != IGNORE_INDEX and start is None:
+            start = i
+        elif label == IGNORE_INDEX and start is not None:
+            spans.append([start, i])
+            start = None
+    return spans
+
+
+def profile(out: Path, instacart_split: Path) -> None:
+    """The real lengths and answer positions of each workload, encoded as the pipeline encodes them."""
+    from finetune import base_model, dialogues, params, sources
+    from finetune.chat import encode_conversation
+    from finetune.files import read_jsonl
+    from finetune.training import encode_split
+
+    tokenizer = base_model.load_tokenizer(base_model.EMBEDDED_DIR, "main")
+    instacart = encode_split(tokenizer, read_jsonl(instacart_split / "train.jsonl"),
+                             params.read_task("params.yaml", None, "instacart"))
+    conversations, _ = dialogues.build_dialogues(sources.load_chitchat(), "chitchat", "chitchat", "", "", [], 0)
+    dialogue = [encode_conversation(tokenizer, m, "", "plain", SEQUENCE) for m in conversations["messages"]]
+    record = {name: [[len(e["input_ids"]), label_spans(e["labels"])] for e in encoded]
+              for name, encoded in (("instacart", instacart), ("dialogue", dialogue))}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record))
+    for name, rows in record.items():
+        lengths = [n for n, _ in rows]
+        print(f"{name}: {len(lengths)} examples, mean {statistics.mean(lengths):.1f}, longest {max(lengths)}")
+
+
+def describe(rows: list) -> dict:
+    lengths = sorted(n for n, _ in rows)
+    return {"examples": len(lengths), "mean_tokens": round(statistics.mean(lengths), 1),
+            "median_tokens": lengths[len(lengths) // 2], "longest": lengths[-1],
+            "padding_waste_at_512": round(SEQUENCE / statistics.mean(lengths), 2)}
+
+
+def workload(name: str, profiles: dict, vocab: int, seed: int = 0) -> list[dict]:
+    """Examples with random ids in `vocab` and the workload's real lengths and label positions."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = profiles[name] if name != "full512" else [[SEQUENCE, [[0, SEQUENCE]]]] * 4096
+    examples = []
+    for length, spans in rows:
+        ids = torch.randint(0, vocab, (length,), generator=gen).tolist()
+        labels = [IGNORE_INDEX] * length
+        for start, end in spans:
+            labels[start:end] = ids[start:end]
+        examples.append({"input_ids": ids, "attention_mask": [1] * length, "labels": labels})
+    return examples
+
+
+# ---------------------------------------------------------------- models (on the GPU machine)
 
 def build_checkpoint(shape: str, folder: Path) -> int:
     """Save a random bf16 model of the given shape (once); returns its parameter count."""
@@ -44,9 +118,13 @@ def build_checkpoint(shape: str, folder: Path) -> int:
             model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
         model.save_pretrained(folder)
         del model
-        gc.collect()
-        torch.cuda.empty_cache()
+        free()
     return n_params
+
+
+def free() -> None:
+    gc.collect()
+    torch.cuda.empty_cache()
 
 
 def seeds_model(folder: Path):
@@ -62,86 +140,176 @@ def seeds_model(folder: Path):
     return get_peft_model(model, lora)
 
 
-def project_model(folder: Path):
-    from finetune import base_model, params
-    from finetune.training import attach_adapter
-
-    lora = dataclasses.replace(params.read("lora"), r=16, alpha=32)
-    train = params.read("train")
-    model = base_model.load_model(str(folder), "main", base_model.quantization_config(True, "nf4", True))
-    model, _ = attach_adapter(model, lora, train.gradient_checkpointing)
-    return model
-
-
-def measure(model, batch: int, steps: int, warmup: int) -> dict:
-    """Tokens/s, step time and peak memory over `steps` optimizer steps on random full-length batches."""
+def seeds_measure(model, examples: list[dict], batch: int, steps: int, warmup: int) -> dict:
+    """The seeds' loop: shuffled examples padded to 512, loss on every real token, paged 8-bit AdamW."""
     import bitsandbytes as bnb
 
     optimizer = bnb.optim.PagedAdamW8bit([p for p in model.parameters() if p.requires_grad], lr=2e-4)
-    vocab = model.get_input_embeddings().weight.shape[0]
-    gen = torch.Generator(device="cuda").manual_seed(0)
+    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(1)).tolist()
     model.train()
     torch.cuda.reset_peak_memory_stats()
-    times = []
+    times, real = [], []
     for step in range(warmup + steps):
-        ids = torch.randint(0, vocab, (batch, SEQUENCE), device="cuda", generator=gen)
+        rows = [examples[i] for i in order[step * batch:(step + 1) * batch]]
+        ids = torch.zeros((batch, SEQUENCE), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, ex in enumerate(rows):
+            ids[r, :len(ex["input_ids"])] = torch.tensor(ex["input_ids"])
+            mask[r, :len(ex["input_ids"])] = 1
+        labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
+        ids, mask, labels = ids.cuda(), mask.cuda(), labels.cuda()
         torch.cuda.synchronize()
         start = time.perf_counter()
-        loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids).loss
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         torch.cuda.synchronize()
         if step >= warmup:
             times.append(time.perf_counter() - start)
-    step_s = sum(times) / len(times)
-    return {"batch": batch, "step_s": round(step_s, 4), "tokens_per_s": round(batch * SEQUENCE / step_s, 1),
-            "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2), "loss": round(float(loss), 4)}
+            real.append(int(mask.sum()))
+    return figures(batch, sum(times), len(times), sum(real), batch * SEQUENCE * len(times),
+                   checkpointing=True, loss=float(loss))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["llama-7b", "falcon-7b"])
-    parser.add_argument("--batches", nargs="+", type=int, default=[4, 8])
-    parser.add_argument("--paths", nargs="+", default=["seeds", "project"])
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--work", default="/root/bench_models")
-    parser.add_argument("--out", default="benchmarks/results")
-    args = parser.parse_args()
+class StepClock:
+    """A Trainer callback: times the steps after `warmup`, stops after `warmup + steps`."""
 
-    versions = {name: importlib.metadata.version(name)
-                for name in ("torch", "transformers", "peft", "bitsandbytes", "accelerate")}
+    def __init__(self, warmup: int, steps: int):
+        from transformers import TrainerCallback
+
+        clock = self
+
+        class Callback(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                torch.cuda.synchronize()
+                clock.ends.append(time.perf_counter())
+                if len(clock.ends) >= warmup + steps:
+                    control.should_training_stop = True
+
+        self.callback, self.ends, self.warmup = Callback(), [], warmup
+
+    def window(self) -> tuple[float, int]:
+        """Seconds and step count from the end of the last warm-up step to the end of the last step."""
+        return self.ends[-1] - self.ends[self.warmup - 1], len(self.ends) - self.warmup
+
+
+def project_measure(folder: Path, examples: list[dict], steps: int, warmup: int) -> dict:
+    """train_adapter on the workload, as train_qlora runs it, stopped after `warmup + steps` steps."""
+    import tempfile
+    from types import SimpleNamespace
+
+    from finetune import base_model, params
+    from finetune.params import TaskTrainParams
+    from finetune.training import train_adapter
+
+    model = base_model.load_model(str(folder), "main", base_model.quantization_config(True, "nf4", True))
+    real_tokens = []  # per forward call: the Trainer feeds the model the collator's batches
+    model.register_forward_pre_hook(
+        lambda module, args, kwargs: real_tokens.append(int(kwargs["attention_mask"].sum())), with_kwargs=True)
+    clock = StepClock(warmup, steps)
+    task_train = TaskTrainParams(epochs=1, batch_size=8, learning_rate=2e-4, max_length=SEQUENCE)
+    lora = dataclasses.replace(params.read("lora"), r=16, alpha=32)
+    with tempfile.TemporaryDirectory() as work:
+        peft_model, result = train_adapter(model, SimpleNamespace(pad_token_id=0), examples, [], task_train,
+                                           params.read("train"), lora, Path(work), callbacks=[clock.callback])
+    seconds, timed = clock.window()
+    tokens = sum(real_tokens[warmup:warmup + timed])
+    out = figures(result.batch_size, seconds, timed, tokens, None, result.gradient_checkpointing,
+                  loss=result.final_loss, peak_gib=result.peak_memory_gib)
+    del peft_model, model
+    free()
+    return out
+
+
+def figures(batch: int, seconds: float, steps: int, real_tokens: int, padded_tokens: int | None,
+            checkpointing: bool, loss: float, peak_gib: float | None = None) -> dict:
+    peak = peak_gib if peak_gib is not None else torch.cuda.max_memory_allocated() / 2**30
+    return {"batch": batch, "steps_timed": steps, "step_s": round(seconds / steps, 4),
+            "tokens_per_s": round(real_tokens / seconds, 1),
+            "padded_tokens_per_s": round(padded_tokens / seconds, 1) if padded_tokens else None,
+            "peak_gib": round(peak, 2), "gradient_checkpointing": checkpointing, "loss": round(loss, 4)}
+
+
+def run(args) -> None:
+    versions = {name: importlib.metadata.version(name) for name in LIBRARIES}
+    profiles = json.loads(Path(args.profiles).read_text())
     rows = []
     for shape in args.models:
         folder = Path(args.work) / shape
         n_params = build_checkpoint(shape, folder)
-        for path in args.paths:
-            model = (seeds_model if path == "seeds" else project_model)(folder)
-            for batch in args.batches:
-                try:
-                    result = measure(model, batch, args.steps, args.warmup)
-                except torch.OutOfMemoryError:
-                    result = {"batch": batch, "error": "out of memory"}
-                result.update(model=shape, path=path, parameters=n_params)
-                if "tokens_per_s" in result:
-                    result["mfu"] = round(result["tokens_per_s"] * 4 * n_params / (MATMUL_CEILING_TFLOPS * 1e12), 4)
-                rows.append(result)
-                print(json.dumps(result), flush=True)
+        from transformers import AutoConfig
+        vocab = AutoConfig.from_pretrained(folder).vocab_size
+        data = {name: workload(name, profiles, vocab) for name in args.workloads}
+
+        def record(result: dict, path: str, name: str) -> None:
+            result.update(model=shape, path=path, workload=name, parameters=n_params,
+                          mfu=round(result["tokens_per_s"] * 4 * n_params / (MATMUL_CEILING_TFLOPS * 1e12), 4))
+            rows.append(result)
+            print(json.dumps(result), flush=True)
+
+        if "seeds" in args.paths:
+            model = seeds_model(folder)
+            for name in args.workloads:
+                for batch in args.seeds_batches:
+                    try:
+                        record(seeds_measure(model, data[name], batch, args.steps, args.warmup), "seeds", name)
+                    except torch.OutOfMemoryError:
+                        rows.append({"model": shape, "path": "seeds", "workload": name, "batch": batch,
+                                     "error": "out of memory"})
+                    free()
             del model
-            gc.collect()
-            torch.cuda.empty_cache()
+            free()
+        if "project" in args.paths:
+            for name in args.workloads:
+                record(project_measure(folder, data[name], args.steps, args.warmup), "project", name)
 
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H%M%SZ")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    record = {"date": stamp, "machine": torch.cuda.get_device_name(0), "sequence": SEQUENCE,
-              "matmul_ceiling_tflops": MATMUL_CEILING_TFLOPS, "libraries": versions, "cases": rows}
-    (out / f"qlora_throughput_{stamp}.json").write_text(json.dumps(record, indent=2) + "\n")
-    print(f"{'model':10} {'path':8} {'batch':>5} {'tok/s':>8} {'peak GiB':>8} {'MFU':>6}")
+    result = {"date": stamp, "machine": torch.cuda.get_device_name(0), "sequence": SEQUENCE,
+              "matmul_ceiling_tflops": MATMUL_CEILING_TFLOPS, "libraries": versions,
+              "command": "python3 -m benchmarks.qlora_throughput run " + " ".join(args.argv),
+              "workloads": {name: describe(profiles[name]) for name in args.workloads if name in profiles},
+              "cases": rows}
+    (out / f"qlora_throughput_{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
+    print_table(rows)
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'model':10} {'workload':10} {'path':8} {'batch':>5} {'tok/s':>9} {'x seeds':>7} {'peak GiB':>8} {'MFU':>6}")
     for r in rows:
-        print(f"{r['model']:10} {r['path']:8} {r['batch']:>5} {r.get('tokens_per_s', 'OOM'):>8} "
-              f"{r.get('peak_gib', '-'):>8} {r.get('mfu', '-'):>6}")
+        base = [s for s in rows if s["path"] == "seeds" and s["model"] == r["model"] and s["workload"] == r["workload"]
+                and s.get("batch") == 8 and "tokens_per_s" in s]
+        ratio = f"{r['tokens_per_s'] / base[0]['tokens_per_s']:.1f}" if base and "tokens_per_s" in r else "-"
+        print(f"{r['model']:10} {r['workload']:10} {r['path']:8} {r['batch']:>5} {r.get('tokens_per_s', 'OOM'):>9} "
+              f"{ratio:>7} {r.get('peak_gib', '-'):>8} {r.get('mfu', '-'):>6}")
+
+
+def main() -> None:
+    import sys
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("profile", help="real lengths of each workload (needs the pipeline's data packages)")
+    p.add_argument("--instacart-split", default=".bench/instacart_all", help="from `instacart_smollm2 prepare`")
+    p.add_argument("--out", default=".bench/length_profiles.json")
+    p = sub.add_parser("run", help="measure (on the GPU machine)")
+    p.add_argument("--models", nargs="+", default=["llama-7b", "falcon-7b"])
+    p.add_argument("--workloads", nargs="+", default=["instacart", "dialogue", "full512"])
+    p.add_argument("--paths", nargs="+", default=["seeds", "project"])
+    p.add_argument("--seeds-batches", nargs="+", type=int, default=[8])
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--profiles", default=".bench/length_profiles.json")
+    p.add_argument("--work", default="/root/bench_models")
+    p.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args()
+    args.argv = sys.argv[2:]
+    if args.command == "profile":
+        profile(Path(args.out), Path(args.instacart_split))
+    else:
+        run(args)
 
 
 if __name__ == "__main__":

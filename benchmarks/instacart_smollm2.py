@@ -23,7 +23,6 @@ Subcommands:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import gc
 import importlib.metadata
@@ -38,126 +37,14 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from benchmarks.instacart_lib import (DATA, NO_LABEL, export, lib_collate, lib_encode, lib_generate_predict,
+                                      lib_label_predict, lib_load, lib_match, lib_metrics, lib_prompt, lib_tokenizer,
+                                      lib_train, prepare, read_split)
 from benchmarks.qlora_throughput import MATMUL_CEILING_TFLOPS, seeds_model
 
-DATA = Path(".bench/instacart_all")
 SEEDS_LENGTH = 512
 SEEDS_LR = 2e-4
 LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")
-
-
-# ---- The library, called only through these functions (its signatures may change: adapt here only) ----
-
-def lib_task():
-    """The instacart task entry of params.yaml (the embedded default)."""
-    from finetune import params
-
-    return params.read_task(name="instacart")
-
-
-def lib_full_split(out: Path) -> dict[str, int]:
-    """The prepare + split stages' examples and split with params.yaml, every cap 'all'."""
-    from finetune import examples, files, sources, splits
-
-    task = lib_task()
-    data, split = task.data, task.split
-    table, origin = sources.load_source(data.source)
-    rows, _ = examples.build_examples(table, origin, data.input_field, data.target_field, data.drop_labels)
-    parts = splits.split_examples(rows, split.validation_fraction, split.test_fraction,
-                                  {name: None for name in splits.SPLITS}, split.seed)
-    for name, frame in parts.items():
-        files.write_jsonl(out / f"{name}.jsonl", frame.to_dict("records"))
-    return {name: len(frame) for name, frame in parts.items()}
-
-
-def lib_classic(train: list[dict], test: list[dict]) -> list[str]:
-    from finetune import baseline, params
-
-    return baseline.fit_predict([r["text"] for r in train], [r["label"] for r in train],
-                                [r["text"] for r in test], params.read("baseline"))
-
-
-def lib_metrics(actual: list[str], predicted: list[str], labels: list[str]) -> dict:
-    from finetune.metrics import classification_metrics
-
-    m = classification_metrics(actual, predicted, labels)
-    return {k: m[k] for k in ("accuracy", "macro_f1", "weighted_f1")}
-
-
-def lib_prompt(text: str) -> str:
-    from finetune import prompts
-
-    return prompts.render_prompt(lib_task().prompt.template, text)
-
-
-def lib_tokenizer(model_dir: str):
-    from finetune import base_model
-
-    return base_model.load_tokenizer(model_dir, "main")
-
-
-def lib_load(model_dir: str, adapter: str | None = None):
-    """The 4-bit base model as train_qlora and evaluate load it, with a trained adapter for evaluate."""
-    from finetune import adapters, base_model, params
-
-    q = params.read("quantization")
-    model = base_model.load_model(model_dir, "main", base_model.quantization_config(q.load_in_4bit, q.quant_type, q.double_quant))
-    return adapters.load_adapter(model, adapter) if adapter else model
-
-
-def lib_encode(tokenizer, rows: list[dict]) -> list[dict]:
-    from finetune import training
-
-    return training.encode_split(tokenizer, rows, lib_task())
-
-
-def lib_train(model, tokenizer, train: list[dict], validation: list[dict], overrides: dict, work: Path,
-              callbacks: tuple = ()):
-    """train_adapter with params.yaml's train and lora sections, some train keys overridden."""
-    from finetune import params, training
-
-    task_train, shared = lib_task().train, params.read("train")
-    task_fields = {f.name for f in dataclasses.fields(task_train)}
-    task_train = dataclasses.replace(task_train, **{k: v for k, v in overrides.items() if k in task_fields})
-    shared = dataclasses.replace(shared, **{k: v for k, v in overrides.items() if k not in task_fields})
-    peft_model, result = training.train_adapter(model, tokenizer, train, validation, task_train, shared,
-                                                params.read("lora"), work, callbacks=list(callbacks))
-    training.save_adapter(peft_model, tokenizer, work / "adapter", {"benchmark": True})
-    return peft_model, dataclasses.asdict(result), {**dataclasses.asdict(shared), **dataclasses.asdict(task_train)}
-
-
-def lib_collate(tokenizer, features: list[dict]) -> dict:
-    from finetune.batching import AnswerOnlyCollator
-
-    return AnswerOnlyCollator(tokenizer.pad_token_id)(features)
-
-
-def lib_label_predict(model, tokenizer, texts: list[str], labels: list[str]) -> list[str]:
-    from finetune import params, scoring
-
-    p, e = lib_task().prompt, params.read("evaluate")
-    batch = params.evaluation_batch_size(e.batch_size, on_gpu=torch.cuda.is_available())
-    scores = scoring.label_scores(model, tokenizer, [lib_prompt(t) for t in texts], labels, p.answer_prefix, batch)
-    return scoring.predict_by_scoring(scores, labels)
-
-
-def lib_generate_predict(model, tokenizer, texts: list[str], labels: list[str]) -> list[str]:
-    """evaluate.method=generation: batched greedy answers, exact match to a label."""
-    from finetune import params, scoring
-
-    batch = params.evaluation_batch_size(params.read("evaluate").batch_size, on_gpu=torch.cuda.is_available())
-    answers = scoring.generate_answers(model, tokenizer, [lib_prompt(t) for t in texts], batch,
-                                       lib_task().evaluate.max_new_tokens)
-    return scoring.match_labels(answers, labels)
-
-
-def lib_match(answers: list[str], labels: list[str]) -> list[str]:
-    from finetune import scoring
-
-    return scoring.match_labels(answers, labels)
-
-
-NO_LABEL = "<no label>"  # finetune.scoring.NO_LABEL
 
 
 # ---- Measurement helpers ----
@@ -254,11 +141,6 @@ def loss_check(model, tokenizer, encoded: list[dict], batches: int, size: int) -
 
 
 # ---- Cases ----
-
-def read_split(name: str, limit: int | None) -> list[dict]:
-    rows = [json.loads(line) for line in (DATA / f"{name}.jsonl").read_text(encoding="utf-8").splitlines() if line]
-    return rows[:limit] if limit else rows
-
 
 def project_case(out: dict, save, model_dir: str, data: dict, overrides: dict, evaluate: bool, subset: list[int],
                  work: Path, n_params: int) -> None:
@@ -518,39 +400,6 @@ def profile(args) -> None:
     text = (f"{json.dumps(prof.wall)} gpu_kernel_s_per_step={kernel_us / 1e6:.4f}\n{cpu}\n{gpu}\n{stats.getvalue()}")
     (out / "profile.txt").write_text(text)
     print(text)
-
-
-def export(gguf: str, dest: str) -> None:
-    """finetune.base_model.export_embedded, for a GGUF at any path (the library's reads the installed package)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = Path(gguf)
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    quantizer = getattr(model, "hf_quantizer", None)  # the GGUF loader marks the dense model quantized
-    if quantizer is not None and hasattr(quantizer, "remove_quantization_config"):
-        quantizer.remove_quantization_config(model)
-    elif quantizer is not None:
-        model.hf_quantizer = None
-        model.config.__dict__.pop("quantization_config", None)
-    model.config.architectures = [type(model).__name__]
-    model.save_pretrained(dest)
-    tokenizer.save_pretrained(dest)
-
-
-def prepare() -> None:
-    sizes = lib_full_split(DATA)
-    data = {name: read_split(name, None) for name in ("train", "validation", "test")}
-    labels = sorted({r["label"] for r in data["train"]})
-    actual = [r["label"] for r in data["test"]]
-    classic = {"sizes": sizes}
-    for name, train in (("train", data["train"]), ("train+validation", data["train"] + data["validation"])):
-        start = time.perf_counter()
-        predicted = lib_classic(train, data["test"])
-        classic[name] = {"train_examples": len(train), "seconds": round(time.perf_counter() - start, 1),
-                         **lib_metrics(actual, predicted, labels)}
-    (DATA / "classic.json").write_text(json.dumps(classic, indent=1) + "\n")
-    print(json.dumps(classic, indent=1))
 
 
 def main() -> None:

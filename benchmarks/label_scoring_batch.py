@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.instacart_smollm2 import DATA, lib_load, lib_prompt, lib_task, lib_tokenizer, read_split
+from benchmarks.instacart_lib import DATA, lib_load, lib_prompt, lib_task, lib_tokenizer, read_split
 from finetune import scoring
 from finetune.adapters import lora_config
 from peft import get_peft_model

@@ -11,7 +11,6 @@ import pytest
 import yaml
 
 from finetune import sources
-from finetune.errors import PipelineError
 from finetune.files import read_jsonl
 from stages import evaluate, prepare, split, train_qlora
 from tests.conftest import ROOT, tiny_falcon, tiny_llama

@@ -11,11 +11,11 @@ from finetune.prompts import IGNORE_INDEX
 def any_length_attention():
     """Attention kernels that do not mind a new sequence length every batch, as dynamic padding gives.
 
-    Usable as a context manager or a decorator. PyTorch's cuDNN attention builds a plan for each new
-    shape, and with length-grouped batches nearly every batch is one (H100: a Llama-2-7B-shape
-    training step on 91 Instacart prompts took 0.95 s with it and 0.57 s without; label scoring of
-    the Instacart test split ran at 52 examples/s). Flash, memory-efficient and math kernels
-    remain; CPU runs the same kernels as before.
+    Usable as a context manager or a decorator, around training, label scoring and generation.
+    PyTorch's cuDNN attention builds a plan for each new shape, and with length-grouped batches
+    nearly every batch is one (H100: a Llama-2-7B-shape training step on 91 Instacart prompts took
+    0.95 s with it and 0.57 s without). Flash, memory-efficient and math kernels remain; CPU runs
+    the same kernels as before.
     """
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 

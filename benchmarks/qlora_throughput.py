@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import gc
 import importlib.metadata
 import json
 import statistics
@@ -41,7 +40,8 @@ from pathlib import Path
 
 import torch
 
-MATMUL_CEILING_TFLOPS = 802.0  # bf16, measured on the H100 this was written for
+from benchmarks.measure import MATMUL_CEILING_TFLOPS, free
+
 SEQUENCE = 512
 IGNORE_INDEX = -100
 LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")
@@ -122,11 +122,6 @@ def build_checkpoint(shape: str, folder: Path) -> int:
     return n_params
 
 
-def free() -> None:
-    gc.collect()
-    torch.cuda.empty_cache()
-
-
 def seeds_model(folder: Path):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -203,6 +198,7 @@ def project_measure(folder: Path, examples: list[dict], steps: int, warmup: int)
     from finetune.params import TaskTrainParams
     from finetune.training import train_adapter
 
+    # A fresh base model per workload, as train_qlora loads one: train_adapter freezes and wraps it.
     model = base_model.load_model(str(folder), "main", base_model.quantization_config(True, "nf4", True))
     real_tokens = []  # per forward call: the Trainer feeds the model the collator's batches
     model.register_forward_pre_hook(

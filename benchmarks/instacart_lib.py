@@ -112,16 +112,6 @@ def lib_label_predict(model, tokenizer, texts: list[str], labels: list[str]) -> 
     return scoring.predict_by_scoring(scores, labels)
 
 
-def lib_generate_predict(model, tokenizer, texts: list[str], labels: list[str]) -> list[str]:
-    """evaluate.method=generation: batched greedy answers, exact match to a label."""
-    from finetune import params, scoring
-
-    batch = params.evaluation_batch_size(params.read("evaluate").batch_size, on_gpu=torch.cuda.is_available())
-    answers = scoring.generate_answers(model, tokenizer, [lib_prompt(t) for t in texts], batch,
-                                       lib_task().evaluate.max_new_tokens)
-    return scoring.match_labels(answers, labels)
-
-
 def lib_match(answers: list[str], labels: list[str]) -> list[str]:
     from finetune import scoring
 

@@ -32,6 +32,7 @@ def main() -> None:
     encoded = {name: encode_split(tokenizer, rows, task) for name, rows in splits.items()}
     model = base_model.load_model(model_p.name, model_p.revision,
                                   base_model.quantization_config(quant.load_in_4bit, quant.quant_type, quant.double_quant))
+    model = base_model.dense_cpu_copy(model)  # CPU only: the same NF4 weights, dequantized once instead of every step
     live = Live(dir=args.live_dir, dvcyaml=False, save_dvc_exp=False)
     with tempfile.TemporaryDirectory() as work_dir:
         model, result = train_adapter(model, tokenizer, encoded["train"], encoded["validation"], task.train,

@@ -55,3 +55,35 @@ def test_every_linear_layer_is_loaded_in_4bit(tmp_path, build):
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert layers and base_model.unquantized_layers(model) == []
     assert layers[0].weight.quant_type == "nf4" and layers[0].weight.compress_statistics  # double quantisation
+
+
+def test_dense_cpu_copy_computes_what_the_4bit_layers_compute(tmp_path):
+    """train_qlora and evaluate dequantize the NF4 weights once on CPU: same loss, same adapter gradients."""
+    import bitsandbytes as bnb
+    import torch
+    from peft import get_peft_model
+
+    from finetune.adapters import lora_config
+    from tests.conftest import tiny_llama
+
+    tiny_llama(vocab_size=256).save_pretrained(tmp_path)
+    ids = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(0))
+    runs = []
+    for dense in (False, True):
+        model = base_model.load_model(str(tmp_path), "main", base_model.quantization_config(True, "nf4", True))
+        if dense:
+            model = base_model.dense_cpu_copy(model)
+            assert not any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+        model = get_peft_model(model, lora_config(model, 4, 8, 0.0, "all-linear"))
+        torch.manual_seed(1)
+        for name, p in sorted(model.named_parameters()):
+            if p.requires_grad:  # a non-zero adapter, so that its path counts
+                torch.nn.init.normal_(p, std=0.05)
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        runs.append((loss.item(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}))
+    (loss_4bit, grads_4bit), (loss_dense, grads_dense) = runs
+    assert loss_dense == pytest.approx(loss_4bit, abs=1e-5)
+    assert grads_dense.keys() == grads_4bit.keys() and grads_dense
+    for name, grad in grads_4bit.items():
+        assert torch.allclose(grads_dense[name], grad, atol=1e-6, rtol=1e-4), name

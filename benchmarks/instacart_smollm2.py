@@ -72,10 +72,7 @@ def project_case(out: dict, save, model_dir: str, data: dict, overrides: dict, e
 
 
 def evaluate_fresh(out: dict, save, model_dir: str, adapter: Path, subset: list[int], n_test: int, work: Path) -> None:
-    """The evaluate stage, as DVC runs it: a fresh process, a fresh base model and the saved adapter.
-
-    (In the training process, label scoring ran 30x slower on the H100: 57 vs ~2,000 examples/s.)
-    """
+    """The evaluate stage, as DVC runs it: a fresh process, a fresh base model and the saved adapter."""
     result_file = work / "evaluation.json"
     subprocess.run([sys.executable, "-m", "benchmarks.instacart_smollm2", "evaluate", "--model", model_dir,
                     "--adapter", str(adapter), "--subset", json.dumps(subset), "--out", str(result_file),

@@ -148,7 +148,7 @@ def train_adapter(model, tokenizer, train_set: list[dict], validation_set: list[
     set_seed(params.seed)
     model, modules, checkpointing = attach_adapter(model, lora, params.gradient_checkpointing)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    total = parameter_count(model)
     collator = AnswerOnlyCollator(tokenizer.pad_token_id)
     batch_size = device_batch_size(task_train, params, [len(ex["input_ids"]) for ex in train_set],
                                    on_gpu=torch.cuda.is_available())

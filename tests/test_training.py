@@ -73,3 +73,21 @@ def test_attach_adapter_trains_only_the_adapter_and_keeps_frozen_dtypes():
     new_name = hasattr(type(inner), "is_activation_checkpointing")  # is_gradient_checkpointing before transformers 5.2x
     assert checkpointing and (inner.is_activation_checkpointing if new_name else inner.is_gradient_checkpointing)
     assert set(modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+def test_train_result_counts_a_4bit_model_at_its_dense_size(tmp_path, tokenizer):
+    """metrics/train.json's total_parameters: the dense base plus the adapter, whether the base is 4-bit or not."""
+    from finetune import base_model
+    from finetune.training import encode_split, train_adapter
+    from tests.conftest import tiny_llama
+
+    tiny_llama(vocab_size=len(tokenizer)).save_pretrained(tmp_path / "base")
+    dense_size = parameter_count(tiny_llama(vocab_size=len(tokenizer)))
+    task = params.read_task(name="instacart")
+    task_train = dataclasses.replace(task.train, batch_size=2)
+    examples = encode_split(tokenizer, [{"id": str(i), "text": f"item {i}", "label": "snacks"} for i in range(2)], task)
+    model = base_model.load_model(str(tmp_path / "base"), "main", base_model.quantization_config(True, "nf4", True))
+    _, result = train_adapter(model, tokenizer, examples, [], task_train, params.read("train"), params.read("lora"),
+                              tmp_path / "work", callbacks=[])
+    assert result.steps == 1 and result.trainable_parameters > 0
+    assert result.total_parameters == dense_size + result.trainable_parameters

@@ -176,20 +176,54 @@ class StepClock:
         clock = self
 
         class Callback(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                clock.begin = time.perf_counter()
+
             def on_step_end(self, args, state, control, **kwargs):
                 torch.cuda.synchronize()
                 clock.ends.append(time.perf_counter())
                 if len(clock.ends) >= warmup + steps:
                     control.should_training_stop = True
 
-        self.callback, self.ends, self.warmup = Callback(), [], warmup
+        self.callback, self.ends, self.warmup, self.begin = Callback(), [], warmup, 0.0
+
+    def warmup_s(self) -> float:
+        """Seconds from the start of training to the end of the warm-up steps (compilation included)."""
+        return round(self.ends[self.warmup - 1] - self.begin, 1)
 
     def window(self) -> tuple[float, int]:
         """Seconds and step count from the end of the last warm-up step to the end of the last step."""
         return self.ends[-1] - self.ends[self.warmup - 1], len(self.ends) - self.warmup
 
 
-def project_measure(folder: Path, examples: list[dict], steps: int, warmup: int) -> dict:
+def profile_callback(profile_to: Path, warmup: int, steps: int):
+    """A Trainer callback that writes a torch.profiler table of (up to 3 of) the timed steps."""
+    from transformers import TrainerCallback
+
+    class Profile(TrainerCallback):
+        prof = None
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == warmup:
+                from torch.profiler import ProfilerActivity, profile
+                self.prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+                self.prof.__enter__()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.prof is not None and state.global_step == warmup + min(steps, 3):
+                torch.cuda.synchronize()
+                self.prof.__exit__(None, None, None)
+                table = self.prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=70)
+                profile_to.parent.mkdir(parents=True, exist_ok=True)
+                profile_to.write_text(table)
+                print(table[:6000], flush=True)
+                self.prof = None
+
+    return Profile()
+
+
+def project_measure(folder: Path, examples: list[dict], steps: int, warmup: int, eager: bool = False,
+                    profile_to: Path | None = None) -> dict:
     """train_adapter on the workload, as train_qlora runs it, stopped after `warmup + steps` steps."""
     import tempfile
     from types import SimpleNamespace
@@ -206,13 +240,19 @@ def project_measure(folder: Path, examples: list[dict], steps: int, warmup: int)
     clock = StepClock(warmup, steps)
     task_train = TaskTrainParams(epochs=1, batch_size=8, learning_rate=2e-4, max_length=SEQUENCE)
     lora = dataclasses.replace(params.read("lora"), r=16, alpha=32)
+    train_p = params.read("train")
+    if eager:
+        train_p = dataclasses.replace(train_p, compile=False)
+    callbacks = [clock.callback] + ([profile_callback(profile_to, warmup, steps)] if profile_to else [])
     with tempfile.TemporaryDirectory() as work:
         peft_model, result = train_adapter(model, SimpleNamespace(pad_token_id=0), examples, [], task_train,
-                                           params.read("train"), lora, Path(work), callbacks=[clock.callback])
+                                           train_p, lora, Path(work), callbacks=callbacks)
     seconds, timed = clock.window()
     tokens = sum(real_tokens[warmup:warmup + timed])
     out = figures(result.batch_size, seconds, timed, tokens, None, result.gradient_checkpointing,
                   loss=result.final_loss, peak_gib=result.peak_memory_gib)
+    out.update(compiled=result.compiled, warmup_steps=warmup, warmup_s=clock.warmup_s(),
+               step_times=[round(b - a, 3) for a, b in zip(clock.ends, clock.ends[1:])])
     del peft_model, model
     free()
     return out
@@ -256,9 +296,11 @@ def run(args) -> None:
                     free()
             del model
             free()
-        if "project" in args.paths:
+        for path in [p for p in args.paths if p.startswith("project")]:
             for name in args.workloads:
-                record(project_measure(folder, data[name], args.steps, args.warmup), "project", name)
+                prof = Path(args.out) / f"profile_{shape}_{name}_{path}.txt" if args.profile else None
+                record(project_measure(folder, data[name], args.steps, args.warmup,
+                                       eager=path == "project-eager", profile_to=prof), path, name)
 
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H%M%SZ")
     out = Path(args.out)
@@ -293,10 +335,12 @@ def main() -> None:
     p = sub.add_parser("run", help="measure (on the GPU machine)")
     p.add_argument("--models", nargs="+", default=["llama-7b", "falcon-7b"])
     p.add_argument("--workloads", nargs="+", default=["instacart", "dialogue", "full512"])
-    p.add_argument("--paths", nargs="+", default=["seeds", "project"])
+    p.add_argument("--paths", nargs="+", default=["seeds", "project"], choices=["seeds", "project", "project-eager"],
+                   help="project-eager: the project path with train.compile off")
+    p.add_argument("--profile", action="store_true", help="write a torch.profiler table of 3 timed project steps")
     p.add_argument("--seeds-batches", nargs="+", type=int, default=[8])
     p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=3, help="untimed first steps (torch.compile compiles in the first)")
     p.add_argument("--profiles", default=".bench/length_profiles.json")
     p.add_argument("--work", default="/root/bench_models")
     p.add_argument("--out", default="benchmarks/results")

@@ -138,6 +138,7 @@ class TrainParams:
     warmup_ratio: float
     weight_decay: float
     gradient_checkpointing: bool | str
+    compile: bool | str
     gpu_batch_tokens: int
     gpu_min_steps: int
     logging_steps: int

@@ -1,9 +1,13 @@
-"""The training settings a GPU picks by itself: batch growth and activation checkpointing."""
+"""The training settings a GPU picks by itself: batch growth, activation checkpointing, compiled blocks."""
 
 import dataclasses
 
+import pytest
+
 from finetune import params
-from finetune.training import LARGE_MODEL, attach_adapter, device_batch_size, parameter_count, wants_checkpointing
+from finetune.errors import PipelineError
+from finetune.training import (LARGE_MODEL, attach_adapter, compile_blocks, device_batch_size, parameter_count,
+                               wants_checkpointing, wants_compile)
 
 
 def settings(**train_overrides):
@@ -43,6 +47,49 @@ def test_auto_checkpointing_only_for_a_large_model_on_a_gpu():
     assert not wants_checkpointing("auto", 10 * LARGE_MODEL, on_gpu=False)
     assert wants_checkpointing(True, 1, on_gpu=False)
     assert not wants_checkpointing(False, 10 * LARGE_MODEL, on_gpu=True)
+
+
+def test_auto_compile_only_for_a_large_model_on_a_gpu():
+    assert wants_compile("auto", LARGE_MODEL, on_gpu=True)
+    assert not wants_compile("auto", LARGE_MODEL - 1, on_gpu=True)
+    assert not wants_compile("auto", 10 * LARGE_MODEL, on_gpu=False)
+    assert wants_compile(True, 1, on_gpu=False)
+    assert not wants_compile(False, 10 * LARGE_MODEL, on_gpu=True)
+    with pytest.raises(PipelineError, match="train.compile is 'yes'; expected true, false or auto"):
+        wants_compile("yes", 1, on_gpu=True)
+
+
+@pytest.mark.parametrize("arch", ["llama", "falcon"])
+def test_compiled_blocks_compute_the_same_loss_and_adapter_gradients(arch):
+    """Every decoder block compiled (aot_eager here: the graph capture without code generation), the
+    same loss and LoRA gradients as the eager model on batches of two lengths, and the same names to save."""
+    import torch
+
+    from tests.conftest import tiny_falcon, tiny_llama
+
+    build = {"llama": tiny_llama, "falcon": tiny_falcon}[arch]
+    lora = dataclasses.replace(params.read("lora"), r=4, alpha=8, target_modules="all-linear")
+    runs = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model, _, _ = attach_adapter(build(vocab_size=256), lora, gradient_checkpointing=False)
+        names = sorted(model.state_dict())
+        blocks = compile_blocks(model, backend="aot_eager") if compiled else 0
+        model.train()
+        losses = []
+        for length in (7, 11):
+            ids = torch.randint(0, 256, (2, length), generator=torch.Generator().manual_seed(length))
+            losses.append(model(input_ids=ids, labels=ids).loss)
+            losses[-1].backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        runs.append((torch.stack(losses).detach(), grads, blocks, names, sorted(model.state_dict())))
+    (eager_loss, eager_grads, _, _, _), (loss, grads, blocks, before, after) = runs
+    assert blocks == 2
+    assert before == after
+    torch.testing.assert_close(loss, eager_loss)
+    assert grads.keys() == eager_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], eager_grads[name], rtol=1e-4, atol=1e-6)
 
 
 def test_parameter_count_of_a_4bit_model_is_its_dense_count(tmp_path):

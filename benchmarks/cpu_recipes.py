@@ -1,0 +1,157 @@
+"""Training recipes for the CPU default, judged on products the pipeline never uses (never on its test split).
+
+The embedded default must train in about 6.5 of its 10 minutes on a 2-core CPU. This script trains
+one adapter with the train_qlora stage's own code (`encode_split`, `load_model` + `dense_cpu_copy`,
+`train_adapter`) under a changed recipe, and scores it with the evaluate stage's `label_scores` on a
+held-out set: 1,000 of the prepared products that are in none of the train, validation and test
+splits (seed 1234). Extra training rows (`--n-train` beyond the split's) come from the rest of
+those unused products, so the held-out set stays untouched.
+
+    python -m benchmarks.cpu_recipes run ref                                   # params.yaml as it is
+    python -m benchmarks.cpu_recipes run bs32_lr2e-3 --batch-size 32 --lr 2e-3
+    python -m benchmarks.cpu_recipes run top15 --top-layers 15                 # LoRA on the top 15 layers only
+    python -m benchmarks.cpu_recipes table ref bs32_lr2e-3 ...                 # Markdown, from .bench/cpu_recipes/
+
+Needs `dvc repro` first (data/examples.jsonl, data/split/, the base model). One JSON per run under
+.bench/cpu_recipes/; the figures kept are in benchmarks/results/. Step times are recorded one by
+one, so a stalled machine can be told from a slow recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from finetune import base_model, params, training
+from finetune.files import read_jsonl
+from finetune.prompts import render_prompt
+from finetune.scoring import label_scores, predict_by_scoring
+
+DATA = Path("data")
+OUT = Path(".bench/cpu_recipes")
+HELDOUT, HELDOUT_SEED = 1000, 1234
+
+
+class StepTimer(TrainerCallback):
+    """Wall time of every optimizer step."""
+
+    def __init__(self):
+        self.start, self.times = 0.0, []
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.times.append(time.perf_counter() - self.start)
+
+
+def unused_products() -> tuple[list[dict], list[dict]]:
+    """(held-out set, pool of extra training rows): prepared examples that no split uses, shuffled."""
+    used = {r["id"] for name in ("train", "validation", "test") for r in read_jsonl(DATA / "split" / f"{name}.jsonl")}
+    unused = [r for r in read_jsonl(DATA / "examples.jsonl") if r["id"] not in used]
+    random.Random(HELDOUT_SEED).shuffle(unused)
+    return unused[:HELDOUT], unused[HELDOUT:]
+
+
+def top_layers_only(k: int) -> None:
+    """LoRA on the last k decoder layers only: backward then stops k layers down."""
+    from peft import LoraConfig
+
+    original = training.lora_config
+
+    def config(model, r, alpha, dropout, spec):
+        c = original(model, r, alpha, dropout, spec)
+        n = model.config.num_hidden_layers
+        return LoraConfig(r=c.r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout, bias="none",
+                          target_modules=sorted(c.target_modules), task_type="CAUSAL_LM",
+                          layers_to_transform=list(range(n - k, n)), layers_pattern="layers")
+
+    training.lora_config = config
+
+
+def run(args) -> None:
+    task, p = params.read_stage(("base_model", "quantization", "lora", "train"))
+    task_train = task.train
+    if args.batch_size:
+        task_train = dataclasses.replace(task_train, batch_size=args.batch_size)
+    if args.lr:
+        task_train = dataclasses.replace(task_train, learning_rate=args.lr)
+    prompt = dataclasses.replace(task.prompt, template=args.template.replace("\\n", "\n")) if args.template else task.prompt
+    task = dataclasses.replace(task, prompt=prompt, train=task_train)
+    if args.top_layers:
+        top_layers_only(args.top_layers)
+
+    heldout, pool = unused_products()
+    train_rows = read_jsonl(DATA / "split" / "train.jsonl")
+    labels = sorted({r["label"] for r in train_rows})
+    n = args.n_train or len(train_rows)
+    train_rows = (train_rows + pool)[:n]
+    model_p, quant = p["base_model"], p["quantization"]
+    tokenizer = base_model.load_tokenizer(model_p.name, model_p.revision)
+    encoded = {name: training.encode_split(tokenizer, rows, task)
+               for name, rows in (("train", train_rows), ("validation", read_jsonl(DATA / "split" / "validation.jsonl")))}
+    model = base_model.load_model(model_p.name, model_p.revision,
+                                  base_model.quantization_config(quant.load_in_4bit, quant.quant_type, quant.double_quant))
+    model = base_model.dense_cpu_copy(model)
+    timer = StepTimer()
+    with tempfile.TemporaryDirectory() as work:
+        model, result = training.train_adapter(model, tokenizer, encoded["train"], encoded["validation"], task.train,
+                                               p["train"], p["lora"], Path(work), callbacks=[timer])
+    median = sorted(timer.times)[len(timer.times) // 2]
+    start = time.perf_counter()
+    prompts = [render_prompt(task.prompt.template, r["text"]) for r in heldout]
+    scores = label_scores(model, tokenizer, prompts, labels, task.prompt.answer_prefix, 64, desc="held-out")
+    predicted = predict_by_scoring(scores, labels)
+    record = {
+        "name": args.name, "command": "python -m benchmarks.cpu_recipes " + " ".join(sys.argv[1:]),
+        "template": task.prompt.template, "rows": len(train_rows), "top_layers": args.top_layers,
+        "batch_size": task.train.batch_size, "learning_rate": task.train.learning_rate,
+        "tokens_per_example": round(result.trained_tokens / len(train_rows), 2),
+        "median_step_s": round(median, 3),
+        "stalled_s": round(sum(t - median for t in timer.times if t > 3 * median), 1),
+        "heldout": len(heldout), "heldout_accuracy": round(sum(a == r["label"] for a, r in zip(predicted, heldout)) / len(heldout), 4),
+        "heldout_scoring_s": round(time.perf_counter() - start, 1),
+        "train": dataclasses.asdict(result), "step_times": [round(t, 3) for t in timer.times],
+    }
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"{args.name}.json").write_text(json.dumps(record, indent=1) + "\n")
+    print(f"{args.name}: held-out accuracy {record['heldout_accuracy']}, training {result.runtime_s} s "
+          f"({record['stalled_s']} s of it stalled), {result.steps} steps")
+
+
+def table(names: list[str]) -> None:
+    print("| run | rows | batch | lr | tokens/example | steps | training s | stalled s | held-out accuracy | command |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name in names:
+        r = json.loads((OUT / f"{name}.json").read_text())
+        t = r["train"]
+        print(f"| {name} | {r['rows']} | {r['batch_size']} | {r['learning_rate']:g} | {r['tokens_per_example']} | "
+              f"{t['steps']} | {t['runtime_s']} | {r['stalled_s']} | {r['heldout_accuracy']} | `{r['command']}` |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="action", required=True)
+    p = sub.add_parser("run")
+    p.add_argument("name")
+    p.add_argument("--n-train", type=int, default=None, help="training rows: the split's, then unused products")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--template", default=None, help="prompt template ('\\n' for a newline)")
+    p.add_argument("--top-layers", type=int, default=0, help="LoRA on the last K layers only (0: all)")
+    p = sub.add_parser("table")
+    p.add_argument("names", nargs="+")
+    args = parser.parse_args()
+    run(args) if args.action == "run" else table(args.names)
+
+
+if __name__ == "__main__":
+    main()

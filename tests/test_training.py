@@ -41,22 +41,15 @@ def test_gpu_batch_never_shrinks_below_the_tasks():
     assert device_batch_size(task_train, off, [10] * 100_000, on_gpu=True) == task_train.batch_size
 
 
-def test_auto_checkpointing_only_for_a_large_model_on_a_gpu():
-    assert wants_checkpointing("auto", LARGE_MODEL, on_gpu=True)
-    assert not wants_checkpointing("auto", LARGE_MODEL - 1, on_gpu=True)
-    assert not wants_checkpointing("auto", 10 * LARGE_MODEL, on_gpu=False)
-    assert wants_checkpointing(True, 1, on_gpu=False)
-    assert not wants_checkpointing(False, 10 * LARGE_MODEL, on_gpu=True)
-
-
-def test_auto_compile_only_for_a_large_model_on_a_gpu():
-    assert wants_compile("auto", LARGE_MODEL, on_gpu=True)
-    assert not wants_compile("auto", LARGE_MODEL - 1, on_gpu=True)
-    assert not wants_compile("auto", 10 * LARGE_MODEL, on_gpu=False)
-    assert wants_compile(True, 1, on_gpu=False)
-    assert not wants_compile(False, 10 * LARGE_MODEL, on_gpu=True)
-    with pytest.raises(PipelineError, match="train.compile is 'yes'; expected true, false or auto"):
-        wants_compile("yes", 1, on_gpu=True)
+@pytest.mark.parametrize("key, wants", [("gradient_checkpointing", wants_checkpointing), ("compile", wants_compile)])
+def test_auto_settings_switch_on_only_for_a_large_model_on_a_gpu(key, wants):
+    assert wants("auto", LARGE_MODEL, on_gpu=True)
+    assert not wants("auto", LARGE_MODEL - 1, on_gpu=True)
+    assert not wants("auto", 10 * LARGE_MODEL, on_gpu=False)
+    assert wants(True, 1, on_gpu=False)
+    assert not wants(False, 10 * LARGE_MODEL, on_gpu=True)
+    with pytest.raises(PipelineError, match=f"train.{key} is 'yes'; expected true, false or auto"):
+        wants("yes", 1, on_gpu=True)
 
 
 @pytest.mark.parametrize("arch", ["llama", "falcon"])

@@ -28,8 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from transformers import TrainerCallback
-
+from benchmarks.instacart_smollm2 import StepClock
 from finetune import base_model, params, training
 from finetune.files import read_jsonl
 from finetune.prompts import render_prompt
@@ -38,19 +37,6 @@ from finetune.scoring import label_scores, predict_by_scoring
 DATA = Path("data")
 OUT = Path(".bench/cpu_recipes")
 HELDOUT, HELDOUT_SEED = 1000, 1234
-
-
-class StepTimer(TrainerCallback):
-    """Wall time of every optimizer step."""
-
-    def __init__(self):
-        self.start, self.times = 0.0, []
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self.start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.times.append(time.perf_counter() - self.start)
 
 
 def unused_products() -> tuple[list[dict], list[dict]]:
@@ -101,11 +87,12 @@ def run(args) -> None:
     model = base_model.load_model(model_p.name, model_p.revision,
                                   base_model.quantization_config(quant.load_in_4bit, quant.quant_type, quant.double_quant))
     model = base_model.dense_cpu_copy(model)
-    timer = StepTimer()
+    clock = StepClock(budget_s=None)
     with tempfile.TemporaryDirectory() as work:
         model, result = training.train_adapter(model, tokenizer, encoded["train"], encoded["validation"], task.train,
-                                               p["train"], p["lora"], Path(work), callbacks=[timer])
-    median = sorted(timer.times)[len(timer.times) // 2]
+                                               p["train"], p["lora"], Path(work), callbacks=[clock])
+    steps = [b - a for a, b in zip([0.0, *clock.ends], clock.ends)]
+    median = sorted(steps)[len(steps) // 2]
     start = time.perf_counter()
     prompts = [render_prompt(task.prompt.template, r["text"]) for r in heldout]
     scores = label_scores(model, tokenizer, prompts, labels, task.prompt.answer_prefix, 64, desc="held-out")
@@ -116,10 +103,10 @@ def run(args) -> None:
         "batch_size": task.train.batch_size, "learning_rate": task.train.learning_rate,
         "tokens_per_example": round(result.trained_tokens / len(train_rows), 2),
         "median_step_s": round(median, 3),
-        "stalled_s": round(sum(t - median for t in timer.times if t > 3 * median), 1),
+        "stalled_s": round(sum(t - median for t in steps if t > 3 * median), 1),
         "heldout": len(heldout), "heldout_accuracy": round(sum(a == r["label"] for a, r in zip(predicted, heldout)) / len(heldout), 4),
         "heldout_scoring_s": round(time.perf_counter() - start, 1),
-        "train": dataclasses.asdict(result), "step_times": [round(t, 3) for t in timer.times],
+        "train": dataclasses.asdict(result), "step_times": [round(t, 3) for t in steps],
     }
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{args.name}.json").write_text(json.dumps(record, indent=1) + "\n")

@@ -15,8 +15,8 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from finetune.adapters import lora_config
 from finetune.base_model import device
-from finetune.batching import AnswerOnlyCollator, any_length_attention
 from finetune.errors import PipelineError
+from finetune.batching import AnswerOnlyCollator, any_length_attention
 from finetune.files import atomic_path, write_json
 from finetune.chat import encode_conversation
 from finetune.params import LoraParams, Task, TaskTrainParams, TrainParams

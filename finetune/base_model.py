@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib.metadata
 import logging
 from pathlib import Path
@@ -135,6 +136,46 @@ def _plain_linear_layers():
         yield
     finally:
         modeling_falcon.FalconLinear = original
+
+
+@functools.cache
+def _falcon_attention_with_repeated_key_value():
+    from transformers.models.falcon.modeling_falcon import FalconAttention
+
+    class FalconAttentionRepeatedKV(FalconAttention):
+        """FalconAttention that hands every query head its own copy of the one key/value head."""
+
+        def _split_heads(self, fused_qkv):
+            query, key, value = super()._split_heads(fused_qkv)
+            return query, key.expand_as(query), value.expand_as(query)
+
+    return FalconAttentionRepeatedKV
+
+
+@contextlib.contextmanager
+def key_value_heads_repeated(model):
+    """Inside this block, Falcon-7B's multi-query attention gives each query head a copy of its key/value head.
+
+    Falcon-7B hands SDPA 71 query heads, one key/value head and a mask it always builds. Neither the
+    flash nor the memory-efficient kernel takes heads that differ, so PyTorch falls back to its math
+    kernel, in fp32 with the whole score matrix in memory: on an H100 that was a third of a QLoRA
+    step at 512 tokens. With the key and value repeated (2 x 64 values per token and head, no
+    weights), the memory-efficient kernel computes the same attention. Meant for training: a
+    generation cache would hold 71 copies, so the layers are restored on leaving. Yields how many
+    layers it changed (0 for any other architecture).
+    """
+    from transformers.models.falcon.modeling_falcon import FalconAttention
+
+    repeated = _falcon_attention_with_repeated_key_value()
+    shared = [m for m in model.modules()
+              if type(m) is FalconAttention and m.multi_query and not m.new_decoder_architecture and m.num_kv_heads == 1]
+    for module in shared:
+        module.__class__, module.num_kv_heads = repeated, module.num_heads
+    try:
+        yield len(shared)
+    finally:
+        for module in shared:
+            module.__class__, module.num_kv_heads = FalconAttention, 1
 
 
 def unquantized_layers(model) -> list[str]:

@@ -14,7 +14,7 @@ from transformers import Trainer, TrainingArguments, set_seed
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from finetune.adapters import lora_config
-from finetune.base_model import device
+from finetune.base_model import device, key_value_heads_repeated
 from finetune.errors import PipelineError
 from finetune.batching import AnswerOnlyCollator, any_length_attention
 from finetune.files import atomic_path, write_json
@@ -196,7 +196,7 @@ def train_adapter(model, tokenizer, train_set: list[dict], validation_set: list[
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    with any_length_attention():
+    with any_length_attention(), key_value_heads_repeated(model):
         output = trainer.train()
     runtime = time.perf_counter() - start
     tokens = int(sum(len(ex["input_ids"]) for ex in train_set) * task_train.epochs)

@@ -1,3 +1,4 @@
+import contextlib
 import os
 import subprocess
 import sys
@@ -87,3 +88,33 @@ def test_dense_cpu_copy_computes_what_the_4bit_layers_compute(tmp_path):
     assert grads_dense.keys() == grads_4bit.keys() and grads_dense
     for name, grad in grads_4bit.items():
         assert torch.allclose(grads_dense[name], grad, atol=1e-6, rtol=1e-4), name
+
+
+def test_repeated_key_value_heads_compute_falcons_attention_and_are_undone():
+    """Falcon's one key/value head repeated per query head: the same loss and gradients on a
+    left-padded batch, every attention layer as loaded again afterwards, and no change to Llama."""
+    import torch
+    from transformers.models.falcon.modeling_falcon import FalconAttention
+
+    from tests.conftest import tiny_falcon, tiny_llama
+
+    ids = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0  # left padding, as the collator pads
+    labels = ids.masked_fill(mask == 0, -100)
+    runs = []
+    for repeat in (False, True):
+        model = tiny_falcon(vocab_size=256).train()
+        with base_model.key_value_heads_repeated(model) if repeat else contextlib.nullcontext(0) as changed:
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+        runs.append((changed, loss.item(), {n: p.grad for n, p in model.named_parameters()}))
+        assert all(type(m) is FalconAttention and m.num_kv_heads == 1
+                   for m in model.modules() if isinstance(m, FalconAttention))
+    (_, plain_loss, plain_grads), (changed, loss, grads) = runs
+    assert changed == 2
+    assert loss == pytest.approx(plain_loss, abs=1e-6)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-6)
+    with base_model.key_value_heads_repeated(tiny_llama(vocab_size=256)) as changed:
+        assert changed == 0

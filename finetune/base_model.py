@@ -160,20 +160,25 @@ def key_value_heads_repeated(model):
     flash nor the memory-efficient kernel takes heads that differ, so PyTorch falls back to its math
     kernel, in fp32 with the whole score matrix in memory: on an H100 that was a third of a QLoRA
     step at 512 tokens. With the key and value repeated (2 x 64 values per token and head, no
-    weights), the memory-efficient kernel computes the same attention. Meant for training: a
-    generation cache would hold 71 copies, so the layers are restored on leaving. Yields how many
-    layers it changed (0 for any other architecture).
+    weights), the memory-efficient kernel computes the same attention. Meant for training: a cache
+    would hold 71 copies, so the model builds none inside the block (the Trainer's validation pass
+    would), and the layers are as loaded again on leaving. Yields how many layers it changed (0 for
+    any other architecture).
     """
     from transformers.models.falcon.modeling_falcon import FalconAttention
 
     repeated = _falcon_attention_with_repeated_key_value()
     shared = [m for m in model.modules()
               if type(m) is FalconAttention and m.multi_query and not m.new_decoder_architecture and m.num_kv_heads == 1]
+    use_cache = model.config.use_cache
     for module in shared:
         module.__class__, module.num_kv_heads = repeated, module.num_heads
+    if shared:
+        model.config.use_cache = False
     try:
         yield len(shared)
     finally:
+        model.config.use_cache = use_cache
         for module in shared:
             module.__class__, module.num_kv_heads = FalconAttention, 1
 

@@ -92,7 +92,8 @@ def test_dense_cpu_copy_computes_what_the_4bit_layers_compute(tmp_path):
 
 def test_repeated_key_value_heads_compute_falcons_attention_and_are_undone():
     """Falcon's one key/value head repeated per query head: the same loss and gradients on a
-    left-padded batch, every attention layer as loaded again afterwards, and no change to Llama."""
+    left-padded batch, no cache of 71 copies in an evaluation pass, every attention layer as loaded
+    again afterwards, and no change to Llama."""
     import torch
     from transformers.models.falcon.modeling_falcon import FalconAttention
 
@@ -111,6 +112,10 @@ def test_repeated_key_value_heads_compute_falcons_attention_and_are_undone():
         runs.append((changed, loss.item(), {n: p.grad for n, p in model.named_parameters()}))
         assert all(type(m) is FalconAttention and m.num_kv_heads == 1
                    for m in model.modules() if isinstance(m, FalconAttention))
+        if repeat:
+            with base_model.key_value_heads_repeated(model.eval()):
+                assert model(input_ids=ids, attention_mask=mask, labels=labels).past_key_values is None
+            assert model.config.use_cache  # as it was
     (_, plain_loss, plain_grads), (changed, loss, grads) = runs
     assert changed == 2
     assert loss == pytest.approx(plain_loss, abs=1e-6)

@@ -230,6 +230,11 @@ def dense_cpu_copy(model, limit_gib: float = CPU_DENSE_LIMIT_GIB):
     dense_gib = sum(m.in_features * m.out_features for _, m in layers) * 4 / 2**30
     if not layers or dense_gib > limit_gib:
         return model
+    if any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for _, m in layers):
+        # On an AVX512-BF16 CPU, an eval-mode forward repacks the 4-bit bytes for a bf16 kernel, and
+        # the repacking is only undone "best effort" (its absmax is quantized again).
+        raise RuntimeError("dense_cpu_copy must run before the model's first forward pass: "
+                           "bitsandbytes has repacked its 4-bit weights for bf16 inference")
     for name, module in layers:
         parent, _, child = name.rpartition(".")
         dense = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,

@@ -58,36 +58,90 @@ def test_every_linear_layer_is_loaded_in_4bit(tmp_path, build):
     assert layers[0].weight.quant_type == "nf4" and layers[0].weight.compress_statistics  # double quantisation
 
 
-def test_dense_cpu_copy_computes_what_the_4bit_layers_compute(tmp_path):
-    """train_qlora and evaluate dequantize the NF4 weights once on CPU: same loss, same adapter gradients."""
-    import bitsandbytes as bnb
+LOGITS_TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}  # fp32 logits of ~0.2 (up to ~1): 100 ulps of margin
+
+
+def _four_bit_and_dense_runs(path, lora_targets="all-linear", after_copy=lambda model: None):
+    """Logits, loss and adapter gradients of the same LoRA model on the 4-bit base and on its dense CPU copy."""
     import torch
     from peft import get_peft_model
 
     from finetune.adapters import lora_config
-    from tests.conftest import tiny_llama
 
-    tiny_llama(vocab_size=256).save_pretrained(tmp_path)
     ids = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(0))
     runs = []
-    for dense in (False, True):
-        model = base_model.load_model(str(tmp_path), "main", base_model.quantization_config(True, "nf4", True))
+    for dense, targets in ((False, "all-linear"), (True, lora_targets)):
+        model = base_model.load_model(str(path), "main", base_model.quantization_config(True, "nf4", True))
         if dense:
             model = base_model.dense_cpu_copy(model)
-            assert not any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
-        model = get_peft_model(model, lora_config(model, 4, 8, 0.0, "all-linear"))
+            after_copy(model)
+        model = get_peft_model(model, lora_config(model, 4, 8, 0.0, targets))
         torch.manual_seed(1)
         for name, p in sorted(model.named_parameters()):
             if p.requires_grad:  # a non-zero adapter, so that its path counts
                 torch.nn.init.normal_(p, std=0.05)
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        runs.append((loss.item(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}))
-    (loss_4bit, grads_4bit), (loss_dense, grads_dense) = runs
-    assert loss_dense == pytest.approx(loss_4bit, abs=1e-5)
+        # Training mode, as train_qlora runs it: bitsandbytes then dequantizes to fp32 and multiplies on
+        # every CPU. In eval mode a CPU with AVX512-BF16 repacks the weights and multiplies in bf16
+        # (0.4% off), which made this comparison depend on the processor.
+        model.train()
+        out = model(input_ids=ids, labels=ids)
+        out.loss.backward()
+        runs.append((out.logits.detach(), out.loss.item(),
+                     {n.replace(".base_layer", ""): p.grad for n, p in model.named_parameters() if p.requires_grad}))
+    return runs
+
+
+def test_dense_cpu_copy_computes_what_the_4bit_layers_compute(tmp_path):
+    """train_qlora and evaluate dequantize the NF4 weights once on CPU: same logits, loss and adapter gradients."""
+    import bitsandbytes as bnb
+    import torch
+
+    from tests.conftest import tiny_llama
+
+    tiny_llama(vocab_size=256).save_pretrained(tmp_path)
+    dense = base_model.dense_cpu_copy(base_model.load_model(str(tmp_path), "main",
+                                                            base_model.quantization_config(True, "nf4", True)))
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in dense.modules())
+    (logits_4bit, loss_4bit, grads_4bit), (logits_dense, loss_dense, grads_dense) = _four_bit_and_dense_runs(tmp_path)
+    # Both paths multiply by the same fp32 weights; only the matmul's summation order may differ
+    # (a few ulps, 1.2e-7 each, over 2 layers). A 1% error in one dequantized weight matrix or one
+    # adapter left out moves the logits by 1e-3 or more (checked by breaking it once on purpose).
+    torch.testing.assert_close(logits_dense, logits_4bit, **LOGITS_TOLERANCE)
+    assert loss_dense == pytest.approx(loss_4bit, rel=1e-6)  # fp32 mean of 24 log-softmaxes, ~5.5
     assert grads_dense.keys() == grads_4bit.keys() and grads_dense
-    for name, grad in grads_4bit.items():
-        assert torch.allclose(grads_dense[name], grad, atol=1e-6, rtol=1e-4), name
+    for name, grad in grads_4bit.items():  # relative to each gradient's own scale, which varies by layer
+        torch.testing.assert_close(grads_dense[name], grad, rtol=1e-5, atol=1e-5 * float(grad.abs().max())), name
+
+
+@pytest.mark.parametrize("bug", ["one weight matrix dequantized 1% off", "one layer's adapter left out"])
+def test_the_dense_copy_comparison_catches_a_wrong_copy(tmp_path, bug):
+    """The tolerances above are tight enough to fail on the bugs they guard against."""
+    import torch
+
+    from finetune.adapters import linear_layer_names
+    from tests.conftest import tiny_llama
+
+    tiny_llama(vocab_size=256).save_pretrained(tmp_path)
+    targets, after_copy = "all-linear", lambda model: None
+    if bug.startswith("one weight"):
+        after_copy = lambda model: model.model.layers[1].mlp.down_proj.weight.data.mul_(1.01)  # noqa: E731
+    else:
+        targets = [n for n in linear_layer_names(tiny_llama(vocab_size=256)) if n != "q_proj"]
+    (logits_4bit, _, _), (logits_dense, _, _) = _four_bit_and_dense_runs(tmp_path, targets, after_copy)
+    with pytest.raises(AssertionError):
+        torch.testing.assert_close(logits_dense, logits_4bit, **LOGITS_TOLERANCE)
+
+
+def test_dense_cpu_copy_refuses_weights_repacked_for_bf16_inference(tmp_path):
+    """bitsandbytes repacks a 4-bit weight at its first eval-mode forward on an AVX512-BF16 CPU;
+    dequantizing the repacked bytes gives wrong weights, so the copy must come first."""
+    from tests.conftest import tiny_llama
+
+    tiny_llama(vocab_size=256).save_pretrained(tmp_path)
+    model = base_model.load_model(str(tmp_path), "main", base_model.quantization_config(True, "nf4", True))
+    model.model.layers[0].self_attn.q_proj.weight.quant_state.packing_format_for_cpu = True  # as the repacking leaves it
+    with pytest.raises(RuntimeError, match="before the model's first forward"):
+        base_model.dense_cpu_copy(model)
 
 
 def test_repeated_key_value_heads_compute_falcons_attention_and_are_undone():
@@ -118,8 +172,10 @@ def test_repeated_key_value_heads_compute_falcons_attention_and_are_undone():
             assert model.config.use_cache  # as it was
     (_, plain_loss, plain_grads), (changed, loss, grads) = runs
     assert changed == 2
-    assert loss == pytest.approx(plain_loss, abs=1e-6)
-    for name, grad in plain_grads.items():
-        torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-6)
+    # Repeating the key/value head changes which fp32 attention kernel runs, so the sums differ in order:
+    # a few ulps (1.2e-7 measured on gradients of ~1). A wrong head mapping changes them by O(1).
+    assert loss == pytest.approx(plain_loss, rel=1e-6)  # loss ~5.5
+    for name, grad in plain_grads.items():  # relative to each gradient's own scale
+        torch.testing.assert_close(grads[name], grad, rtol=1e-5, atol=1e-5 * float(grad.abs().max()))
     with base_model.key_value_heads_repeated(tiny_llama(vocab_size=256)) as changed:
         assert changed == 0

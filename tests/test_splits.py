@@ -20,7 +20,7 @@ def test_split_is_stratified_and_no_text_lands_in_two_splits():
         and not keys["validation"] & keys["test"]
     assert sum(len(f) for f in splits.values()) == len(data)
     for label, n in {"dairy": 400, "frozen": 200, "bulk": 20}.items():
-        assert (splits["test"]["label"] == label).sum() == pytest.approx(0.2 * n, abs=1)
+        assert (splits["test"]["label"] == label).sum() == pytest.approx(0.2 * n, abs=1)  # counts: a share of n rounds to a whole example
         assert (splits["validation"]["label"] == label).sum() == pytest.approx(0.1 * n, abs=1)
 
 

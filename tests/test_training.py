@@ -79,10 +79,12 @@ def test_compiled_blocks_compute_the_same_loss_and_adapter_gradients(arch):
     (eager_loss, eager_grads, _, _, _), (loss, grads, blocks, before, after) = runs
     assert blocks == 2
     assert before == after
-    torch.testing.assert_close(loss, eager_loss)
+    torch.testing.assert_close(loss, eager_loss)  # fp32 defaults: aot_eager runs the same ATen kernels, decomposed
     assert grads.keys() == eager_grads.keys()
     for name in grads:
-        torch.testing.assert_close(grads[name], eager_grads[name], rtol=1e-4, atol=1e-6)
+        # decompositions reorder a few fp32 sums; relative to each gradient's own scale, as it varies by layer
+        torch.testing.assert_close(grads[name], eager_grads[name], rtol=1e-5,
+                                   atol=1e-5 * float(eager_grads[name].abs().max()))
 
 
 def test_parameter_count_of_a_4bit_model_is_its_dense_count(tmp_path):

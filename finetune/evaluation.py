@@ -28,13 +28,14 @@ def adapter_state(peft_model, name: str):
     return peft_model.disable_adapter() if name == "base" else nullcontext()
 
 
-def classify(model, tokenizer, texts: list[str], labels: list[str], task: Task, batch_size: int, name: str) -> list[str]:
+def classify(model, tokenizer, texts: list[str], labels: list[str], task: Task, batch_size: int, name: str,
+             memory_gib: float = scoring.DEFAULT_MEMORY_GIB) -> list[str]:
     """Predict a label for each text with the task's evaluate.method."""
     prompt, params = task.prompt, task.evaluate
     prompts = [render_prompt(prompt.template, t) for t in texts]
     if params.method == "label_scoring":
         scores = scoring.label_scores(model, tokenizer, prompts, labels, prompt.answer_prefix,
-                                      batch_size, desc=f"{name}: scoring labels")
+                                      batch_size, desc=f"{name}: scoring labels", memory_gib=memory_gib)
         return scoring.predict_by_scoring(scores, labels)
     if params.method == "generation":
         answers = scoring.generate_answers(model, tokenizer, prompts, batch_size, params.max_new_tokens,
@@ -52,14 +53,15 @@ def summarise(actual: list[str], predicted: list[str], labels: list[str]) -> dic
 
 
 def evaluate_classification(peft_model, tokenizer, train: pd.DataFrame, test: pd.DataFrame, task: Task,
-                            batch_size: int, baseline_params: BaselineParams) -> tuple[dict, dict, pd.DataFrame]:
+                            batch_size: int, baseline_params: BaselineParams,
+                            memory_gib: float = scoring.DEFAULT_MEMORY_GIB) -> tuple[dict, dict, pd.DataFrame]:
     """Return {model: metrics} for base, finetuned and classic, per-class details and a predictions table."""
     labels = sorted(train["label"].unique())
     texts, actual = test["text"].tolist(), test["label"].tolist()
     predicted = {}
     for name in MODELS:
         with adapter_state(peft_model, name):
-            predicted[name] = classify(peft_model, tokenizer, texts, labels, task, batch_size, name)
+            predicted[name] = classify(peft_model, tokenizer, texts, labels, task, batch_size, name, memory_gib)
     predicted["classic"] = baseline.fit_predict(train["text"].tolist(), train["label"].tolist(), texts, baseline_params)
     predictions = pd.DataFrame({"id": test["id"], "text": texts, "actual": actual, **predicted})
     results = {name: summarise(actual, predictions[name].tolist(), labels) for name in (*MODELS, "classic")}

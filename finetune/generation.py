@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -15,17 +16,19 @@ from finetune.prompts import end_token_id
 @torch.no_grad()
 @any_length_attention()
 def generate(model, tokenizer, prompts: list[list[int]], batch_size: int, max_new_tokens: int,
-             desc: str = "generating", no_repeat_ngram_size: int = 0) -> list[str]:
+             desc: str = "generating", no_repeat_ngram_size: int = 0,
+             on_batch: Callable[[int], None] | None = None) -> list[str]:
     """Greedy answers to tokenized prompts: batches of similar length, left padding, stopping at the end token.
 
     `no_repeat_ngram_size` > 0 forbids repeating any n-gram of that many tokens (greedy decoding of small
-    models otherwise loops on one sentence).
+    models otherwise loops on one sentence). `on_batch`, if given, is told how many prompts each batch
+    answered (and replaces the progress bar).
     """
     options = {"no_repeat_ngram_size": no_repeat_ngram_size} if no_repeat_ngram_size > 0 else {}
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
     answers: list[str] = [""] * len(prompts)
     model.eval()
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=on_batch is not None):
         idx = order[start: start + batch_size]
         ids, mask = left_pad([prompts[i] for i in idx], tokenizer.pad_token_id)
         out = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
@@ -33,6 +36,8 @@ def generate(model, tokenizer, prompts: list[list[int]], batch_size: int, max_ne
                              eos_token_id=end_token_id(tokenizer), pad_token_id=tokenizer.pad_token_id, **options)
         for i, row in zip(idx, out[:, ids.shape[1]:]):
             answers[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
+        if on_batch is not None:
+            on_batch(len(idx))
     return answers
 
 

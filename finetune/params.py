@@ -149,6 +149,15 @@ class EvaluateParams:
     """How evaluation batches its work, for every task."""
 
     batch_size: int | str
+    memory_gib: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportParams:
+    """What the export stage makes from the adapter: a merged model and GGUF files."""
+
+    merge_into: str
+    gguf: list[str]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,6 +182,7 @@ SECTIONS: dict[str, type] = {
     "lora": LoraParams,
     "train": TrainParams,
     "evaluate": EvaluateParams,
+    "export": ExportParams,
     "baseline": BaselineParams,
     "report": ReportParams,
 }

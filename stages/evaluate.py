@@ -38,7 +38,7 @@ def main() -> None:
     else:
         train = pd.DataFrame(read_jsonl(Path(args.split_dir) / "train.jsonl"))
         results, details, predictions = evaluate_classification(model, tokenizer, train, pd.DataFrame(test), task,
-                                                                batch_size, p["baseline"])
+                                                                batch_size, p["baseline"], p["evaluate"].memory_gib)
 
     summary = headline(results, task.kind)
     write_json(args.metrics, summary)

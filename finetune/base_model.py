@@ -67,13 +67,13 @@ def is_local(name: str) -> bool:
     return Path(name).expanduser().exists() or name.startswith(LOCAL_PREFIXES)
 
 
-def _source(name: str, revision: str) -> dict:
-    """Arguments for `from_pretrained`: a local folder, or a hub id at a revision."""
+def _source(name: str, revision: str, marker: str = "config.json") -> dict:
+    """Arguments for `from_pretrained`: a local folder (holding `marker`), or a hub id at a revision."""
     if is_local(name):
         path = Path(name).expanduser()
-        if not (path / "config.json").is_file():
+        if not (path / marker).is_file():
             hint = "run `make setup` to export the embedded model" if path == EMBEDDED_DIR else "point base_model.name at a folder written by save_pretrained"
-            raise PipelineError(f"base model folder '{name}' has no config.json; {hint}")
+            raise PipelineError(f"base model folder '{name}' has no {marker}; {hint}")
         return {"pretrained_model_name_or_path": str(path)}
     return {"pretrained_model_name_or_path": name, "revision": revision}
 
@@ -99,7 +99,7 @@ def load_tokenizer(name: str, revision: str):
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(**_source(name, revision))
+        tokenizer = AutoTokenizer.from_pretrained(**_source(name, revision, "tokenizer_config.json"))
     except OSError as e:
         raise _hub_error(name, revision, e) from None
     if tokenizer.pad_token is None:
@@ -222,14 +222,23 @@ def dense_cpu_copy(model, limit_gib: float = CPU_DENSE_LIMIT_GIB):
     where the dense weights would pass `limit_gib`, since saving that memory is what 4-bit is for.
     """
     import bitsandbytes as bnb
-    from bitsandbytes.functional import dequantize_4bit
 
     if torch.cuda.is_available():
         return model
-    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
-    dense_gib = sum(m.in_features * m.out_features for _, m in layers) * 4 / 2**30
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    dense_gib = sum(m.in_features * m.out_features for m in layers) * 4 / 2**30
     if not layers or dense_gib > limit_gib:
         return model
+    return dequantized(model)
+
+
+def dequantized(model):
+    """Swap each 4-bit layer for a plain one of the compute dtype holding its NF4/FP4 weights dequantized,
+    on the layer's own device: the weights the adapter was trained against."""
+    import bitsandbytes as bnb
+    from bitsandbytes.functional import dequantize_4bit
+
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
     if any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for _, m in layers):
         # On an AVX512-BF16 CPU, an eval-mode forward repacks the 4-bit bytes for a bf16 kernel, and
         # the repacking is only undone "best effort" (its absmax is quantized again).
@@ -238,7 +247,7 @@ def dense_cpu_copy(model, limit_gib: float = CPU_DENSE_LIMIT_GIB):
     for name, module in layers:
         parent, _, child = name.rpartition(".")
         dense = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
-                                device="cpu", dtype=compute_dtype())
+                                device=module.weight.device, dtype=compute_dtype())
         with torch.no_grad():
             dense.weight.copy_(dequantize_4bit(module.weight.data, module.weight.quant_state).to(compute_dtype()))
             if module.bias is not None:

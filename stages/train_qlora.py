@@ -14,7 +14,7 @@ from finetune.stage import run
 from finetune.training import encode_split, save_adapter, train_adapter
 
 PARAMS = ("base_model", "quantization", "lora", "train")
-TASK_PARTS = ("prompt", "train")
+TASK_PARTS = ("data", "prompt", "train")  # data: run.json records the input field predict reads
 
 
 def main() -> None:
@@ -41,6 +41,7 @@ def main() -> None:
 
     run_info = {
         "task": {"name": task.name, **params.task_as_dict(task, TASK_PARTS)},
+        "labels": None if task.is_generation else sorted({row["label"] for row in splits["train"]}),
         "params": {name: params.as_dict(section) for name, section in p.items()},
         "base_model": base_model.identity(model_p.name, model_p.revision),
         "data_sha256": provenance.data_hash(*(Path(args.split_dir) / f"{n}.jsonl" for n in ("train", "validation"))),

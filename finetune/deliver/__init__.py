@@ -1,0 +1,1 @@
+"""Using the trained model: predict, chat, merge, export to GGUF, model card, publish."""

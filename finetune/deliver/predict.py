@@ -1,0 +1,250 @@
+"""Predict with a trained adapter over a CSV, JSONL or Parquet file, streamed in chunks, in constant memory.
+
+Classification: each row's label by label scoring (as evaluate does it), its probability (softmax over
+the allowed labels' log-likelihoods) and the top-k. Generation: each row's answer, batched. A row that
+is empty or cannot be read gets a status and no prediction; it does not end the run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from finetune import scoring
+from finetune.chat import conversation_prompt_ids
+from finetune.deliver.trained import TrainedRun
+from finetune.errors import PipelineError
+from finetune.files import atomic_path
+from finetune.generation import generate
+from finetune.prompts import render_prompt
+
+FORMATS = (".csv", ".jsonl", ".parquet")
+OK, EMPTY, UNREADABLE = "ok", "empty", "unreadable"
+
+
+def _format(path: Path, what: str) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise PipelineError(f"{what} {path}: unknown format '{suffix}'; use one of {', '.join(FORMATS)}")
+    return suffix
+
+
+def _csv_header(path: Path) -> list[str]:
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+        return next(csv.reader(f), [])
+
+
+def columns(path: Path) -> list[str]:
+    """The input file's column names (a JSONL file's are its first object's keys)."""
+    suffix = _format(path, "input")
+    if suffix == ".csv":
+        return _csv_header(path)
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).schema_arrow.names
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                first = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            return list(first) if isinstance(first, dict) else []
+    return []
+
+
+def choose_column(path: Path, column: str | None, run: TrainedRun) -> str:
+    """`--column`, else the task's input field, else `text`: whichever the file has."""
+    available = columns(path)
+    trained_on = run.info["task"].get("data", {}).get("input_field")
+    for name in [column] if column else [trained_on, "text"]:
+        if name and name in available:
+            return name
+    wanted = column or " or ".join(n for n in (trained_on, "text") if n)
+    raise PipelineError(f"{path}: no column {wanted}; it has {', '.join(available) or 'none'}; name one with --column")
+
+
+def count_rows(path: Path) -> int:
+    """Rows to predict (for the progress bar): Parquet's metadata, or the lines of a text file."""
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    with open(path, "rb") as f:
+        lines = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+    return max(0, lines - (1 if path.suffix.lower() == ".csv" else 0))
+
+
+def _cell(value) -> tuple[str, str]:
+    """(text, status) of one input cell."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "", EMPTY
+    text = value if isinstance(value, str) else str(value)
+    if "\ufffd" in text:
+        return text, UNREADABLE  # bytes that are not UTF-8
+    return (text, OK) if text.strip() else (text, EMPTY)
+
+
+def read_rows(path: Path, column: str) -> Iterator[tuple[str, str]]:
+    """(text, status) for every row of the file, one at a time."""
+    suffix = _format(path, "input")
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(path).iter_batches(columns=[column], batch_size=4096):
+            for value in batch.column(0).to_pylist():
+                yield _cell(value)
+    elif suffix == ".csv":
+        with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, [])
+            at = header.index(column)
+            for row in reader:
+                yield (_cell(row[at]) if len(row) == len(header) else ("", UNREADABLE)) if row else ("", EMPTY)
+    else:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    yield "", UNREADABLE
+                    continue
+                yield _cell(row.get(column)) if isinstance(row, dict) else ("", UNREADABLE)
+
+
+def _chunks(rows: Iterator[tuple[str, str]], size: int) -> Iterator[list[tuple[str, str]]]:
+    chunk = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+class _Writer:
+    """Rows written as they come, to a temporary file that replaces `dest` only when all went well."""
+
+    def __init__(self, tmp: Path, suffix: str, fields: list[str]):
+        self.suffix, self.fields, self.tmp = suffix, fields, tmp
+        self.parquet = None
+        if suffix == ".csv":
+            self.file = open(tmp, "w", encoding="utf-8", newline="")
+            self.csv = csv.DictWriter(self.file, fieldnames=fields)
+            self.csv.writeheader()
+        elif suffix == ".jsonl":
+            self.file = open(tmp, "w", encoding="utf-8")
+
+    def write(self, rows: list[dict]) -> None:
+        if self.suffix == ".csv":
+            self.csv.writerows({k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()} for r in rows)
+        elif self.suffix == ".jsonl":
+            self.file.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.Table.from_pylist([{k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()}
+                                          for r in rows], schema=self._schema())
+            if self.parquet is None:
+                self.parquet = pq.ParquetWriter(self.tmp, table.schema)
+            self.parquet.write_table(table)
+
+    def _schema(self):
+        import pyarrow as pa
+
+        types = {"row": pa.int64(), "probability": pa.float64()}
+        return pa.schema([(f, types.get(f, pa.string())) for f in self.fields])
+
+    def close(self) -> None:
+        if self.suffix == ".parquet":
+            if self.parquet is None:
+                self.write([])
+            self.parquet.close()
+        else:
+            self.file.close()
+
+
+def _classify(run: TrainedRun, model, tokenizer, texts: list[str], options: dict, on_batch) -> list[dict]:
+    labels, k = run.labels, min(options["top_k"], len(run.labels))
+    prompts = [render_prompt(run.prompt.template, t) for t in texts]
+    scores = scoring.label_scores(model, tokenizer, prompts, labels, run.prompt.answer_prefix, options["batch_size"],
+                                  memory_gib=options["memory_gib"], on_batch=on_batch)
+    probabilities = scoring.label_probabilities(scores)
+    best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return [{"label": labels[row[0]], "probability": round(float(p[row[0]]), 6),
+             "top_k": [{"label": labels[j], "probability": round(float(p[j]), 6)} for j in row]}
+            for row, p in zip(best, probabilities)]
+
+
+def classify_texts(run: TrainedRun, model, tokenizer, texts: list[str], batch_size: int, memory_gib: float,
+                   desc: str = "scoring") -> list[str]:
+    """The top label for each text, by label scoring with the prompt and labels the adapter was trained with."""
+    prompts = [render_prompt(run.prompt.template, t) for t in texts]
+    scores = scoring.label_scores(model, tokenizer, prompts, run.labels, run.prompt.answer_prefix, batch_size,
+                                  desc=desc, memory_gib=memory_gib)
+    return scoring.predict_by_scoring(scores, run.labels)
+
+
+def answer_conversations(run: TrainedRun, model, tokenizer, conversations: list[list[dict]], batch_size: int,
+                         max_new_tokens: int, no_repeat_ngram_size: int, desc: str = "generating",
+                         on_batch=None) -> list[str]:
+    """Greedy answers to conversations that end with a user turn, formatted as in training."""
+    prompt = run.prompt
+    ids = [conversation_prompt_ids(tokenizer, c, prompt.system, prompt.chat_template, run.max_length)
+           for c in conversations]
+    return generate(model, tokenizer, ids, batch_size, max_new_tokens, desc=desc,
+                    no_repeat_ngram_size=no_repeat_ngram_size, on_batch=on_batch)
+
+
+def _answer(run: TrainedRun, model, tokenizer, texts: list[str], options: dict, on_batch) -> list[dict]:
+    answers = answer_conversations(run, model, tokenizer, [[{"role": "user", "content": t}] for t in texts],
+                                   options["batch_size"], options["max_new_tokens"], options["no_repeat_ngram_size"],
+                                   on_batch=on_batch)
+    return [{"answer": a} for a in answers]
+
+
+def predict_file(run: TrainedRun, model, tokenizer, source: str | Path, dest: str | Path, column: str | None = None,
+                 chunk_rows: int = 4096, **options) -> dict:
+    """Predict every row of `source` into `dest` (same formats); returns counts by status.
+
+    `options`: batch_size and memory_gib (label scoring), top_k; max_new_tokens and no_repeat_ngram_size
+    (generation). Rows are read, predicted and written `chunk_rows` at a time.
+    """
+    source, dest = Path(source), Path(dest)
+    if not source.is_file():
+        raise PipelineError(f"input {source}: no such file")
+    out_suffix = _format(dest, "output")
+    name = choose_column(source, column, run)
+    fields = ["row", name, "status", *(["answer"] if run.is_generation else ["label", "probability", "top_k"])]
+    predict = _answer if run.is_generation else _classify
+    counts = {OK: 0, EMPTY: 0, UNREADABLE: 0}
+    bar = tqdm(total=count_rows(source), desc=f"predicting {source.name}", unit="row")
+    with atomic_path(dest) as tmp:
+        writer = _Writer(tmp, out_suffix, fields)
+        try:
+            done = 0
+            for chunk in _chunks(read_rows(source, name), chunk_rows):
+                ok = [i for i, (_, status) in enumerate(chunk) if status == OK]
+                predicted = dict(zip(ok, predict(run, model, tokenizer, [chunk[i][0] for i in ok], options, bar.update)))
+                rows = []
+                for i, (text, status) in enumerate(chunk):
+                    counts[status] += 1
+                    blank = {f: None for f in fields[3:]}
+                    rows.append({"row": done + i, name: text, "status": status, **predicted.get(i, blank)})
+                bar.update(len(chunk) - len(ok))
+                writer.write(rows)
+                done += len(chunk)
+        finally:
+            writer.close()
+            bar.close()
+    return counts

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 from finetune.stage import run as run_with_one_line_errors
 
@@ -25,11 +26,13 @@ def predict(args) -> None:
 
     run, model, tokenizer = load_trained(args.adapter)
     batch_size = params.evaluation_batch_size(args.batch_size, on_gpu=base_model.device().type == "cuda")
+    start = time.perf_counter()
     counts = predict_file(run, model, tokenizer, args.input, args.output, column=args.column,
                           chunk_rows=args.chunk_rows, batch_size=batch_size, memory_gib=args.memory_gib,
                           top_k=args.top_k, max_new_tokens=args.max_new_tokens,
                           no_repeat_ngram_size=args.no_repeat_ngram_size)
-    print(f"predict: {sum(counts.values())} rows to {args.output} ({json.dumps(counts)})")
+    seconds, rows = time.perf_counter() - start, sum(counts.values())
+    print(f"predict: {rows} rows to {args.output} in {seconds:.1f} s ({rows / seconds:.2f} rows/s; {json.dumps(counts)})")
 
 
 def chat(args) -> None:
@@ -51,6 +54,28 @@ def merge(args) -> None:
     tokenizer = base_model.load_tokenizer(str(run.folder), "main")
     save_merged(model, tokenizer, args.output, merged_run_info(run, args.into, model))
     print(f"merge: {args.adapter} merged into its {args.into} base weights -> {args.output}")
+
+
+def card(args) -> None:
+    from pathlib import Path
+
+    from finetune.deliver.card import model_card, write_card
+    from finetune.files import read_json
+
+    folder = Path(args.folder)
+    if not (folder / "run.json").is_file():
+        from finetune.errors import PipelineError
+
+        raise PipelineError(f"{folder}: no run.json; point at a folder written by train_qlora, merge or export")
+    metrics = read_json(args.metrics) if Path(args.metrics).is_file() else None
+    path = write_card(folder, model_card(read_json(folder / "run.json"), metrics, args.artifact))
+    print(f"card: {path}")
+
+
+def publish(args) -> None:
+    from finetune.deliver.publish import publish as push
+
+    print(f"publish: {push(args.folder, args.repo_id, private=args.private, token=args.token, revision=args.revision)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,6 +108,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="merge into the base's original weights or the dequantized 4-bit ones it was trained "
                         "against (default: dequantized, which agreed better in metrics/export.json)")
     p.set_defaults(handler=merge)
+
+    p = commands.add_parser("card", help="write a model card (README.md) into an adapter, merged or GGUF folder")
+    p.add_argument("folder", help="a folder holding run.json (models/adapter, a merged folder, models/release/*)")
+    p.add_argument("--metrics", default="metrics/eval.json", help="the evaluation to show (skipped if missing)")
+    p.add_argument("--artifact", choices=("adapter", "merged", "gguf"), default="adapter", help="what the folder holds")
+    p.set_defaults(handler=card)
+
+    p = commands.add_parser("publish", help="push a folder with its model card to the Hugging Face Hub")
+    p.add_argument("folder", help="e.g. models/release/adapter or models/release/merged (made by `dvc repro`)")
+    p.add_argument("--repo-id", required=True, help="the Hub repository, user/name")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.add_argument("--revision", help="a branch to push to (created if missing)")
+    p.add_argument("--token", help="a Hub token (default: `hf auth login`'s, or HF_TOKEN)")
+    p.set_defaults(handler=publish)
     return parser
 
 

@@ -71,7 +71,7 @@ def ran_stages(output: str) -> set[str]:
 
 def test_repro_builds_everything_then_nothing(repo):
     first = dvc(repo, "repro")
-    assert ran_stages(first) == {"prepare", "split", "train_qlora", "evaluate", "report"}
+    assert ran_stages(first) == {"prepare", "split", "train_qlora", "evaluate", "report", "export"}
     evaluation = json.loads((repo / "metrics/eval.json").read_text())
     assert set(evaluation) == {"base", "finetuned", "classic"}
     for metrics in evaluation.values():
@@ -80,8 +80,19 @@ def test_repro_builds_everything_then_nothing(repo):
     assert (repo / "models/adapter/adapter_config.json").is_file()
     report = (repo / "metrics/report.md").read_text()
     assert "| QLoRA fine-tuned |" in report and (repo / "metrics/report/confusion_finetuned.png").is_file()
+    export = json.loads((repo / "metrics/export.json").read_text())
+    assert set(export["merge"]) == {"original", "dequantized"}
+    assert export["merge"]["dequantized"]["agreement_with_adapter"] == 1.0  # the very model the adapter-on-4-bit is
+    assert set(export["gguf"]) == {"f16", "q8_0"}
+    release = repo / "models/release"
+    for artifact in ("adapter", "merged", "gguf"):
+        assert (release / artifact / "README.md").read_text().startswith("---\n")  # a card with metadata
+    assert (release / "merged/model.safetensors").is_file() and (release / "gguf/model-q8_0.gguf").is_file()
     dvc(repo, "git", "add", "-A")
     dvc(repo, "git", "commit", "-qm", "first run")
+    fetched = repo.parent / "fetched_adapter"
+    dvc(repo, "artifacts", "get", str(repo), "adapter", "-o", str(fetched))
+    assert (fetched / "adapter_config.json").is_file() and (fetched / "README.md").is_file()
 
     html = repo.parent / "plots_html"
     dvc(repo, "plots", "show", "-o", str(html))
@@ -97,13 +108,13 @@ def test_repro_builds_everything_then_nothing(repo):
 def test_same_params_give_identical_metrics(repo):
     before = (repo / "metrics/eval.json").read_bytes()
     output = dvc(repo, "repro", "--force", "--downstream", "train_qlora")
-    assert ran_stages(output) == {"train_qlora", "evaluate", "report"}
+    assert ran_stages(output) == {"train_qlora", "evaluate", "report", "export"}
     assert (repo / "metrics/eval.json").read_bytes() == before
 
 
 def test_exp_run_reruns_only_training_onwards_and_metrics_compare(repo):
     output = dvc(repo, "exp", "run", "-S", "lora.r=4")
-    assert ran_stages(output) == {"train_qlora", "evaluate", "report"}
+    assert ran_stages(output) == {"train_qlora", "evaluate", "report", "export"}
     adapter = json.loads((repo / "models/adapter/adapter_config.json").read_text())
     assert adapter["r"] == 4
 
@@ -118,7 +129,7 @@ def test_exp_run_reruns_only_training_onwards_and_metrics_compare(repo):
 def test_switching_task_reruns_everything_and_switching_back_gives_the_same_metrics(repo):
     classification = (repo / "metrics/eval.json").read_bytes()
     output = dvc(repo, "exp", "run", "-S", "task=chitchat")
-    assert ran_stages(output) == {"prepare", "split", "train_qlora", "evaluate", "report"}
+    assert ran_stages(output) == {"prepare", "split", "train_qlora", "evaluate", "report", "export"}
     generation = json.loads((repo / "metrics/eval.json").read_text())
     assert set(generation) == {"base", "finetuned"}
     assert {"bleu", "rouge_l", "perplexity"} <= set(generation["finetuned"])

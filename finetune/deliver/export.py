@@ -1,0 +1,70 @@
+"""The export stage's work: both merges measured against the adapter, the chosen one written, then GGUF files.
+
+Every exported artifact is checked against the adapter it came from: each merged model predicts
+the test split again and is compared with the adapter-on-4-bit predictions of `evaluate`; each
+GGUF file is read back and its logits are compared with the merged model's.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from finetune.deliver import gguf
+from finetune.deliver.merge import MERGE_INTO, merged_model
+from finetune.deliver.predict import answer_conversations, classify_texts
+from finetune.deliver.trained import TrainedRun
+from finetune.metrics import classification_metrics, generation_metrics
+
+
+def merge_figures(run: TrainedRun, model, tokenizer, test: list[dict], adapter_answers: list[str], batch_size: int,
+                  memory_gib: float, generation: dict, name: str) -> dict:
+    """How a merged model's test predictions compare with the adapter's, and how good they are."""
+    start = time.perf_counter()
+    if run.is_generation:
+        answers = answer_conversations(run, model, tokenizer, [row["messages"][:-1] for row in test], batch_size,
+                                       desc=f"merged into {name}: generating", **generation)
+        references = [row["messages"][-1]["content"] for row in test]
+        quality = {k: v for k, v in generation_metrics(answers, references).items() if k in ("bleu", "rouge_l")}
+    else:
+        answers = classify_texts(run, model, tokenizer, [row["text"] for row in test], batch_size, memory_gib,
+                                 desc=f"merged into {name}: scoring")
+        metrics = classification_metrics([row["label"] for row in test], answers, run.labels)
+        quality = {k: metrics[k] for k in ("accuracy", "macro_f1", "weighted_f1")}
+    agreement = float(np.mean([a == b for a, b in zip(answers, adapter_answers)]))
+    return {"agreement_with_adapter": round(agreement, 4), **quality, "rows": len(test),
+            "seconds": round(time.perf_counter() - start, 1)}
+
+
+def compare_merges(run: TrainedRun, tokenizer, test: list[dict], adapter_answers: list[str], keep: str,
+                   batch_size: int, memory_gib: float, generation: dict) -> tuple[dict, object]:
+    """Both merges measured; returns their figures and the merged model named by `keep`."""
+    figures, kept = {}, None
+    for into in MERGE_INTO:
+        model = merged_model(run, into)
+        figures[into] = merge_figures(run, model, tokenizer, test, adapter_answers, batch_size, memory_gib,
+                                      generation, into)
+        if into == keep:
+            kept = model
+        else:
+            del model
+    return figures, kept
+
+
+def copy_adapter(adapter: Path, dest: Path) -> None:
+    """The adapter's files as train_qlora wrote them, to sit beside its card in the release folder."""
+    shutil.copytree(adapter, dest, ignore=shutil.ignore_patterns("README.md"))
+
+
+def gguf_files(merged: Path, dest: Path, types: list[str]) -> dict:
+    """Each GGUF type converted from the merged folder by llama.cpp's converter, read back and compared."""
+    figures = {}
+    if not types:
+        return figures
+    for outtype, path in gguf.convert(merged, dest, tuple(types)).items():
+        figures[outtype] = {"file": path.name, "mib": round(path.stat().st_size / 2**20, 1),
+                            **gguf.check_readback(merged, path)}
+    return figures

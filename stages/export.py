@@ -1,0 +1,59 @@
+"""export: the adapter merged into its base (both ways measured), llama.cpp GGUF files, model cards; all checked."""
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from finetune import base_model, params
+from finetune.deliver import card
+from finetune.deliver.export import compare_merges, copy_adapter, gguf_files
+from finetune.deliver.merge import MERGE_INTO, merged_run_info, save_merged
+from finetune.deliver.trained import read_run
+from finetune.errors import PipelineError
+from finetune.files import atomic_path, read_json, read_jsonl, write_json
+from finetune.stage import run
+
+PARAMS = ("evaluate", "export")
+TASK_PARTS = ("evaluate",)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("split_dir", help="input: folder with test.jsonl")
+    parser.add_argument("adapter_dir", help="input: the adapter from train_qlora")
+    parser.add_argument("metrics_dir", help="input: eval.json and predictions.csv from evaluate")
+    parser.add_argument("release_dir", help="output: adapter/, merged/ and gguf/, each with its model card")
+    parser.add_argument("figures", help="output: metrics JSON of both merges and the GGUF checks")
+    args = parser.parse_args()
+    task, p = params.read_stage(PARAMS)
+    export = p["export"]
+    if export.merge_into not in MERGE_INTO:
+        raise PipelineError(f"params.yaml: export.merge_into is '{export.merge_into}'; use one of {', '.join(MERGE_INTO)}")
+    batch_size = params.evaluation_batch_size(p["evaluate"].batch_size, on_gpu=base_model.device().type == "cuda")
+
+    trained = read_run(args.adapter_dir)
+    test = read_jsonl(Path(args.split_dir) / "test.jsonl")
+    predictions = pd.read_csv(Path(args.metrics_dir) / "predictions.csv", keep_default_na=False)
+    evaluation = read_json(Path(args.metrics_dir) / "eval.json")
+    tokenizer = base_model.load_tokenizer(str(trained.folder), "main")
+    generation = ({"max_new_tokens": task.evaluate.max_new_tokens,
+                   "no_repeat_ngram_size": task.evaluate.no_repeat_ngram_size} if task.is_generation else {})
+    merges, model = compare_merges(trained, tokenizer, test, predictions["finetuned"].astype(str).tolist(),
+                                   export.merge_into, batch_size, p["evaluate"].memory_gib, generation)
+    figures = {"merge": merges, "merged_into": export.merge_into}
+
+    with atomic_path(args.release_dir) as release:
+        copy_adapter(trained.folder, release / "adapter")
+        merged_info = merged_run_info(trained, export.merge_into, model)
+        save_merged(model, tokenizer, release / "merged", merged_info)
+        figures["gguf"] = gguf_files(release / "merged", release / "gguf", export.gguf)
+        cards = {"adapter": trained.info, "merged": merged_info, **({"gguf": merged_info} if figures["gguf"] else {})}
+        for artifact, info in cards.items():
+            card.write_card(release / artifact, card.model_card(info, evaluation, artifact, extra=figures))
+    write_json(args.figures, figures)
+    print("export: " + "; ".join(f"merged into {k}: agreement {v['agreement_with_adapter']}" for k, v in merges.items()))
+
+
+if __name__ == "__main__":
+    run(main)

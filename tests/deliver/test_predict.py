@@ -129,3 +129,19 @@ def test_the_command_line_gives_one_line_errors(tmp_path):
                            str(tmp_path / "none")], env=env, capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'none'}: no run.json")
+
+
+def test_a_merged_folder_predicts_what_its_adapter_predicts(tmp_path, classifier, loaded):
+    from finetune import base_model
+    from finetune.deliver.merge import merged_model, merged_run_info, save_merged
+    from finetune.deliver.trained import read_run
+
+    run = read_run(classifier)
+    model = merged_model(run, "dequantized")
+    save_merged(model, base_model.load_tokenizer(str(classifier), "main"), tmp_path / "merged",
+                merged_run_info(run, "dequantized", model))
+    merged_run, merged, tokenizer = load_trained(tmp_path / "merged")
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    adapter_run, on_4bit, _ = loaded
+    assert classify_texts(merged_run, merged, tokenizer, PRODUCTS, 4, 1.0) == \
+        classify_texts(adapter_run, on_4bit, tokenizer, PRODUCTS, 4, 1.0)

@@ -156,6 +156,7 @@ class EvaluateParams:
 class ExportParams:
     """What the export stage makes from the adapter: a merged model and GGUF files."""
 
+    enabled: bool
     merge_into: str
     gguf: list[str]
 

@@ -15,6 +15,8 @@ from finetune.files import atomic_path, read_json, read_jsonl, write_json
 from finetune.stage import run
 
 PARAMS = ("evaluate", "export")
+OFF = ("The export stage is off (`export.enabled: false` in params.yaml). Run `dvc exp run -S export.enabled=true`\n"
+       "(or set it in params.yaml and `dvc repro`) to write adapter/, merged/ and gguf/ here, with their model cards.\n")
 TASK_PARTS = ("evaluate",)
 
 
@@ -32,6 +34,14 @@ def main() -> None:
         raise PipelineError(f"params.yaml: export.merge_into is '{export.merge_into}'; use one of {', '.join(MERGE_INTO)}")
     batch_size = params.evaluation_batch_size(p["evaluate"].batch_size, on_gpu=base_model.device().type == "cuda")
 
+    if not export.enabled:
+        with atomic_path(args.release_dir) as release:
+            release.mkdir()
+            (release / "README.md").write_text(OFF)
+        write_json(args.figures, {"enabled": False})
+        print("export: off (export.enabled: false); `dvc exp run -S export.enabled=true` makes models/release")
+        return
+
     trained = read_run(args.adapter_dir)
     test = read_jsonl(Path(args.split_dir) / "test.jsonl")
     predictions = pd.read_csv(Path(args.metrics_dir) / "predictions.csv", keep_default_na=False)
@@ -41,7 +51,7 @@ def main() -> None:
                    "no_repeat_ngram_size": task.evaluate.no_repeat_ngram_size} if task.is_generation else {})
     merges, model = compare_merges(trained, tokenizer, test, predictions["finetuned"].astype(str).tolist(),
                                    export.merge_into, batch_size, p["evaluate"].memory_gib, generation)
-    figures = {"merge": merges, "merged_into": export.merge_into}
+    figures = {"enabled": True, "merge": merges, "merged_into": export.merge_into}
 
     with atomic_path(args.release_dir) as release:
         copy_adapter(trained.folder, release / "adapter")

@@ -24,6 +24,7 @@ TINY = {
     "base_model": {"name": "models/base/tiny"},
     "train": {"logging_steps": 2},
     "evaluate": {"batch_size": 12},
+    "export": {"enabled": True},
 }
 
 

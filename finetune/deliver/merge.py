@@ -8,7 +8,6 @@ weights the adapter learned against, dequantized: the adapter-on-4-bit model exa
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from finetune import base_model
@@ -17,7 +16,6 @@ from finetune.errors import PipelineError
 from finetune.files import atomic_path, write_json
 
 MERGE_INTO = ("original", "dequantized")
-log = logging.getLogger(__name__)
 
 
 def merged_model(run: TrainedRun, into: str):

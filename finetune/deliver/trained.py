@@ -8,7 +8,6 @@ params.yaml cannot make predictions drift from what the adapter learned.
 from __future__ import annotations
 
 import dataclasses
-import logging
 from pathlib import Path
 
 from finetune import base_model
@@ -16,8 +15,6 @@ from finetune.adapters import load_adapter
 from finetune.errors import PipelineError
 from finetune.files import read_json
 from finetune.params import ChatPromptParams, LabelPromptParams
-
-log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)

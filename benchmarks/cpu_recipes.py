@@ -67,10 +67,10 @@ def run(args) -> None:
     task, p = params.read_stage(("base_model", "quantization", "lora", "train"))
     task_train = task.train
     if args.batch_size:
-        task_train = dataclasses.replace(task_train, batch_size=args.batch_size)
+        task_train = params.replace(task_train, batch_size=args.batch_size)
     if args.lr:
-        task_train = dataclasses.replace(task_train, learning_rate=args.lr)
-    prompt = dataclasses.replace(task.prompt, template=args.template.replace("\\n", "\n")) if args.template else task.prompt
+        task_train = params.replace(task_train, learning_rate=args.lr)
+    prompt = params.replace(task.prompt, template=args.template.replace("\\n", "\n")) if args.template else task.prompt
     task = dataclasses.replace(task, prompt=prompt, train=task_train)
     if args.top_layers:
         top_layers_only(args.top_layers)

@@ -94,13 +94,13 @@ def lib_train(model, tokenizer, train: list[dict], validation: list[dict], overr
     from finetune import params, training
 
     task_train, shared = lib_task().train, params.read("train")
-    task_fields = {f.name for f in dataclasses.fields(task_train)}
-    task_train = dataclasses.replace(task_train, **{k: v for k, v in overrides.items() if k in task_fields})
-    shared = dataclasses.replace(shared, **{k: v for k, v in overrides.items() if k not in task_fields})
+    task_fields = set(type(task_train).model_fields)
+    task_train = params.replace(task_train, **{k: v for k, v in overrides.items() if k in task_fields})
+    shared = params.replace(shared, **{k: v for k, v in overrides.items() if k not in task_fields})
     peft_model, result = training.train_adapter(model, tokenizer, train, validation, task_train, shared,
                                                 params.read("lora"), work, callbacks=list(callbacks))
     training.save_adapter(peft_model, tokenizer, work / "adapter", {"benchmark": True})
-    return peft_model, dataclasses.asdict(result), {**dataclasses.asdict(shared), **dataclasses.asdict(task_train)}
+    return peft_model, dataclasses.asdict(result), {**params.as_dict(shared), **params.as_dict(task_train)}
 
 
 def lib_collate(tokenizer, features: list[dict]) -> dict:

@@ -30,7 +30,6 @@ prints a table. Usage:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import importlib.metadata
 import json
@@ -239,10 +238,10 @@ def project_measure(folder: Path, examples: list[dict], steps: int, warmup: int,
         lambda module, args, kwargs: real_tokens.append(int(kwargs["attention_mask"].sum())), with_kwargs=True)
     clock = StepClock(warmup, steps)
     task_train = TaskTrainParams(epochs=1, batch_size=8, learning_rate=2e-4, max_length=SEQUENCE)
-    lora = dataclasses.replace(params.read("lora"), r=16, alpha=32)
+    lora = params.replace(params.read("lora"), r=16, alpha=32)
     train_p = params.read("train")
     if eager:
-        train_p = dataclasses.replace(train_p, compile=False)
+        train_p = params.replace(train_p, compile=False)
     callbacks = [clock.callback] + ([profile_callback(profile_to, warmup, steps)] if profile_to else [])
     with tempfile.TemporaryDirectory() as work:
         peft_model, result = train_adapter(model, SimpleNamespace(pad_token_id=0), examples, [], task_train,

@@ -8,11 +8,14 @@ import numpy as np
 import pandas as pd
 
 from finetune.errors import PipelineError
-from finetune.examples import normalise_text
+from finetune.examples import normalise_text, require_column
 
 FORMATS = ("table", "chitchat", "persona_chat", "guanaco")
 GUANACO_TURN = re.compile(r"###\s*(Human|Assistant)\s*:", re.IGNORECASE)
 PERSONA_FIELDS = ("personality", "persona")
+LINE_BREAKS = re.compile(r"\r\n?|[\u2028\u2029]")  # Windows and old Mac line endings, Unicode line/paragraph separators
+ODD_SPACES = re.compile(r"[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")  # no-break, em, thin, ideographic ...
+INNER_SPACES = re.compile(r"(?<=\S)(?:[ \t]{2,}|\t)")  # after a line's first character: not indentation
 
 
 def _blank(value) -> bool:
@@ -21,16 +24,33 @@ def _blank(value) -> bool:
     return value is None or (isinstance(value, float) and pd.isna(value)) or not str(value).strip()
 
 
-def _clean(text) -> str:
-    return re.sub(r"[ \t]+", " ", str(text)).strip()
+def clean_message(text) -> str:
+    """A message's text as the model sees it; whitespace that carries no meaning is normalised.
+
+    Line endings become \\n (Windows \\r\\n, old Mac \\r, Unicode line separators), odd Unicode spaces
+    (no-break, thin, ideographic ...) a plain space, and a run of spaces or tabs after a line's first
+    character one space; the ends are stripped. Line breaks and the spaces or tabs that indent a line are
+    kept: in a response they make a list, a table or code.
+    """
+    text = ODD_SPACES.sub(" ", LINE_BREAKS.sub("\n", str(text)))
+    return INNER_SPACES.sub(" ", text).strip()
+
+
+def _needs_cleaning(*values) -> bool:
+    """Whether `clean_message` changes any of these texts (or lists of texts) beyond stripping their ends."""
+    for value in values:
+        texts = value if isinstance(value, (list, tuple, np.ndarray)) else [value]
+        if any(isinstance(t, str) and clean_message(t) != t.strip() for t in texts):
+            return True
+    return False
 
 
 def _turns(value, origin: str, row: int, field: str) -> list[str]:
     """A list of turns from a list, an array or a newline-separated string."""
     if isinstance(value, (list, tuple, np.ndarray)):
-        turns = [_clean(v) for v in value]
+        turns = [clean_message(v) for v in value]
     elif isinstance(value, str):
-        turns = [_clean(v) for v in value.split("\n")]
+        turns = [clean_message(v) for v in clean_message(value).split("\n")]
     else:
         raise PipelineError(f"{origin}: row {row}: '{field}' is {type(value).__name__}; expected a list of turns")
     return [t for t in turns if t]
@@ -52,15 +72,16 @@ def _window(turns: list[str], keep: int) -> list[str]:
 
 def from_table(table: pd.DataFrame, origin: str, input_field: str, target_field: str) -> list[dict]:
     """Prompt / response pairs: one user turn, one assistant turn per row."""
-    _require(table, origin, input_field, target_field)
+    _require(table, origin, (input_field, "data.input_field"), (target_field, "data.target_field"))
     out = []
     for row, (prompt, response) in enumerate(zip(table[input_field], table[target_field]), start=1):
         if _blank(prompt):
             raise PipelineError(f"{origin}: row {row} has an empty '{input_field}' (the prompt); fix or remove that row")
         if _blank(response):
             raise PipelineError(f"{origin}: row {row} has an empty '{target_field}' (the response); fix or remove that row")
-        out.append({"messages": [{"role": "user", "content": _clean(prompt)},
-                                 {"role": "assistant", "content": _clean(response)}]})
+        out.append({"messages": [{"role": "user", "content": clean_message(prompt)},
+                                 {"role": "assistant", "content": clean_message(response)}],
+                    "normalised": _needs_cleaning(prompt, response)})
     return out
 
 
@@ -68,10 +89,11 @@ def from_chitchat(table: pd.DataFrame, origin: str, keep: int) -> list[dict]:
     """Each conversation gives one example: the `keep` turns at its middle, the last one the response."""
     out = []
     for turns in table["turns"]:
-        turns = [t for t in (_clean(x) for x in turns) if t]
+        normalised = _needs_cleaning(turns)
+        turns = [t for t in (clean_message(x) for x in turns) if t]
         size = min(keep or len(turns), len(turns))
         start = (len(turns) - size) // 2
-        out.append({"messages": _alternate(turns[start:start + size])})
+        out.append({"messages": _alternate(turns[start:start + size]), "normalised": normalised})
     return out
 
 
@@ -80,7 +102,7 @@ def from_persona_chat(table: pd.DataFrame, origin: str, history_field: str, repl
 
     Rows that share a persona come from one conversation, so the persona is the group the split keeps together.
     """
-    _require(table, origin, history_field, reply_field)
+    _require(table, origin, (history_field, "data.input_field"), (reply_field, "data.target_field"))
     persona_field = next((f for f in PERSONA_FIELDS if f in table.columns), None)
     if persona_field is None:
         raise PipelineError(f"{origin}: missing column 'personality' (the persona lines); "
@@ -92,26 +114,28 @@ def from_persona_chat(table: pd.DataFrame, origin: str, history_field: str, repl
             reply = reply[-1] if len(reply) else None
         if _blank(reply):
             raise PipelineError(f"{origin}: row {row} has no '{reply_field}' (the reply); fix or remove that row")
+        normalised = _needs_cleaning(persona, history, reply)
         persona_lines = _turns(persona, origin, row, persona_field) if not _blank(persona) else []
         history = _turns(history, origin, row, history_field) if not _blank(history) else []
-        turns = _window(history + [_clean(reply)], keep)
+        turns = _window(history + [clean_message(reply)], keep)
         if len(turns) < 2:
             raise PipelineError(f"{origin}: row {row} has an empty '{history_field}' (the history); fix or remove that row")
         system = "Your persona: " + " ".join(persona_lines) if persona_lines else ""
         messages = ([{"role": "system", "content": system}] if system else []) + _alternate(turns)
-        out.append({"messages": messages, "group": normalise_text(system) or None})
+        out.append({"messages": messages, "group": normalise_text(system) or None, "normalised": normalised})
     return out
 
 
 def from_guanaco(table: pd.DataFrame, origin: str, text_field: str, keep: int) -> list[dict]:
     """'### Human: ... ### Assistant: ...' texts; a trailing human turn with no answer is dropped."""
-    _require(table, origin, text_field)
+    _require(table, origin, (text_field, "data.input_field"))
     out = []
     for row, text in enumerate(table[text_field], start=1):
         if _blank(text):
             raise PipelineError(f"{origin}: row {row} has an empty '{text_field}'; fix or remove that row")
         parts = GUANACO_TURN.split(str(text))
-        turns = [{"role": "user" if who.lower() == "human" else "assistant", "content": content.strip()}
+        normalised = _needs_cleaning(parts[2::2])
+        turns = [{"role": "user" if who.lower() == "human" else "assistant", "content": clean_message(content)}
                  for who, content in zip(parts[1::2], parts[2::2])]
         while turns and turns[-1]["role"] != "assistant":
             turns.pop()
@@ -119,24 +143,27 @@ def from_guanaco(table: pd.DataFrame, origin: str, text_field: str, keep: int) -
         if not any(t["role"] == "user" for t in turns):
             raise PipelineError(f"{origin}: row {row} has no '### Human: ... ### Assistant: ...' exchange "
                                 f"in '{text_field}'; fix or remove that row")
-        out.append({"messages": _window(turns, keep)})
+        out.append({"messages": _window(turns, keep), "normalised": normalised})
     return out
 
 
-def _require(table: pd.DataFrame, origin: str, *fields: str) -> None:
-    for field in fields:
-        if field not in table.columns:
-            raise PipelineError(f"{origin}: missing column '{field}'; columns are: {', '.join(map(str, table.columns))}")
+def _require(table: pd.DataFrame, origin: str, *fields: tuple[str, str]) -> None:
+    for field, role in fields:
+        require_column(table, origin, field, role)
 
 
 def build_dialogues(table: pd.DataFrame, origin: str, fmt: str, input_field: str, target_field: str,
                     drop_responses: list[str], keep: int) -> tuple[pd.DataFrame, dict]:
-    """Validate `table` in format `fmt`; return examples {id, group, messages} and counts of what was dropped."""
+    """Validate `table` in format `fmt`; return examples {id, group, messages} and counts of what was dropped or changed.
+
+    Every message goes through `clean_message`; `whitespace_normalised` counts the rows it changed beyond
+    stripping the ends (a Windows line ending, a no-break space, a double space).
+    """
     if table.empty:
         raise PipelineError(f"{origin}: no rows")
     n_rows = len(table)
     if fmt == "chitchat":  # a one-turn conversation has nothing to answer
-        table = table[table["turns"].map(lambda turns: sum(bool(_clean(t)) for t in turns) >= 2)]
+        table = table[table["turns"].map(lambda turns: sum(bool(clean_message(t)) for t in turns) >= 2)]
     if fmt == "table":
         rows = from_table(table, origin, input_field, target_field)
     elif fmt == "chitchat":
@@ -165,6 +192,7 @@ def build_dialogues(table: pd.DataFrame, origin: str, fmt: str, input_field: str
     turns = examples["messages"].map(lambda m: sum(x["role"] != "system" for x in m))
     summary = {
         "rows": int(n_rows),
+        "whitespace_normalised": sum(r["normalised"] for r in rows),
         "dropped_by_response": int(dropped.sum()),
         "duplicates_removed": int(duplicate.sum()),
         "examples": int(len(examples)),

@@ -1,88 +1,154 @@
-"""Typed, strict access to `params.yaml`: every key is declared here, and nothing else is accepted."""
+"""Typed, strict access to `params.yaml`: every key is declared here with its type and allowed range.
+
+pydantic checks the whole file at once, before a stage writes anything; an error names the key, the
+value and what is allowed, on one line. Ranges live beside the fields they constrain, not in the stages.
+"""
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
-import types
-import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from finetune.errors import PipelineError
 
-T = TypeVar("T")
-
+T = TypeVar("T", bound=BaseModel)
 
 KINDS = ("classification", "generation")
 
+# The allowed values of the closed choices (the modules that act on them keep the same tuples: a test checks).
+FORMATS = Literal["table", "chitchat", "persona_chat", "guanaco"]
+CHAT_TEMPLATES = Literal["auto", "plain"]
+LABEL_METHODS = Literal["label_scoring", "generation"]
+QUANT_TYPES = Literal["nf4", "fp4"]
+MERGE_INTO = Literal["dequantized", "original"]
+GGUF_TYPES = Literal["f32", "f16", "bf16", "q8_0"]
 
-@dataclasses.dataclass(frozen=True)
-class DataParams:
+Count = Annotated[int, Field(ge=1)]             # 1, 2, ...
+Count0 = Annotated[int, Field(ge=0)]            # 0, 1, ...
+Positive = Annotated[float, Field(gt=0)]        # any number above 0
+Share = Annotated[float, Field(ge=0, lt=1)]     # a fraction: 0 <= x < 1
+Text = Annotated[str, Field(min_length=1)]      # a non-empty string
+Switch = bool | Literal["auto"]
+
+
+class Section(BaseModel):
+    """A part of params.yaml: no unknown key, no missing key, no value of the wrong type (no '8' for 8)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class DataParams(Section):
     """Where a task's examples come from and which fields are what the model reads and writes."""
 
-    source: str
-    format: str
+    source: Text
+    format: FORMATS
     input_field: str
     target_field: str
     drop_labels: list[str]
-    turns: int
+    turns: Count0
+    encoding: Text
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError("it is not an encoding Python knows; use e.g. utf-8, cp1252 or latin-1") from None
+        return value
 
 
-@dataclasses.dataclass(frozen=True)
-class SplitParams:
+class SplitParams(Section):
     """How examples are divided into train / validation / test."""
 
-    seed: int
-    validation_fraction: float
-    test_fraction: float
-    max_train: int | str
-    max_validation: int | str
-    max_test: int | str
+    seed: Count0
+    validation_fraction: Share
+    test_fraction: Annotated[float, Field(gt=0, lt=1)]
+    max_train: Count | Literal["all"]
+    max_validation: Count | Literal["all"]
+    max_test: Count | Literal["all"]
+
+    @model_validator(mode="after")
+    def _room_for_train(self) -> SplitParams:
+        if self.validation_fraction + self.test_fraction >= 1:
+            raise ValueError(f"validation_fraction + test_fraction is {self.validation_fraction + self.test_fraction:g}; "
+                             "it must be < 1 to leave examples to train on")
+        return self
 
 
-@dataclasses.dataclass(frozen=True)
-class LabelPromptParams:
+class LabelPromptParams(Section):
     """Classification: how an example becomes a prompt and its label an answer."""
 
     template: str
     answer_prefix: str
 
+    @field_validator("template")
+    @classmethod
+    def _has_slot(cls, value: str) -> str:
+        if "{text}" not in value:
+            raise ValueError("it must contain {text}, where the example's text goes")
+        return value
 
-@dataclasses.dataclass(frozen=True)
-class ChatPromptParams:
+
+class ChatPromptParams(Section):
     """Generation: how a conversation becomes tokens."""
 
     system: str
-    chat_template: str
+    chat_template: CHAT_TEMPLATES
 
 
-@dataclasses.dataclass(frozen=True)
-class TaskTrainParams:
+class TaskTrainParams(Section):
     """The training settings that depend on the task's data: how long, how fast, how many tokens."""
 
-    epochs: float
-    batch_size: int
-    learning_rate: float
-    max_length: int
+    epochs: Positive
+    batch_size: Count
+    learning_rate: Positive
+    max_length: Annotated[int, Field(ge=2)]
 
 
-@dataclasses.dataclass(frozen=True)
-class LabelEvaluateParams:
+class LabelEvaluateParams(Section):
     """Classification: how the test split is labelled."""
 
-    method: str
-    max_new_tokens: int
+    method: LABEL_METHODS
+    max_new_tokens: Count
 
 
-@dataclasses.dataclass(frozen=True)
-class GenerationEvaluateParams:
+class GenerationEvaluateParams(Section):
     """Generation: how long answers may be, and the probe prompts both models answer in the report."""
 
-    max_new_tokens: int
-    no_repeat_ngram_size: int
-    probes: list[str]
+    max_new_tokens: Count
+    no_repeat_ngram_size: Count0
+    probes: list[Text]
+
+
+class ClassificationTask(Section):
+    kind: Literal["classification"]
+    data: DataParams
+    split: SplitParams
+    prompt: LabelPromptParams
+    train: TaskTrainParams
+    evaluate: LabelEvaluateParams
+
+    @model_validator(mode="after")
+    def _reads_a_table(self) -> ClassificationTask:
+        if self.data.format != "table":
+            raise ValueError(f"data.format is '{self.data.format}'; a classification task reads a table "
+                             "(one text and one label per row)")
+        return self
+
+
+class GenerationTask(Section):
+    kind: Literal["generation"]
+    data: DataParams
+    split: SplitParams
+    prompt: ChatPromptParams
+    train: TaskTrainParams
+    evaluate: GenerationEvaluateParams
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,201 +168,276 @@ class Task:
         return self.kind == "generation"
 
 
-@dataclasses.dataclass(frozen=True)
-class BaseModelParams:
+class BaseModelParams(Section):
     """Which pretrained model is fine-tuned: a local folder or a hub id at a revision."""
 
-    name: str
-    revision: str
+    name: Text
+    revision: Text
 
 
-@dataclasses.dataclass(frozen=True)
-class QuantizationParams:
+class QuantizationParams(Section):
     """How the frozen base weights are stored during training."""
 
     load_in_4bit: bool
-    quant_type: str
+    quant_type: QUANT_TYPES
     double_quant: bool
 
 
-@dataclasses.dataclass(frozen=True)
-class LoraParams:
+class LoraParams(Section):
     """The LoRA adapter's shape."""
 
-    r: int
-    alpha: int
-    dropout: float
-    target_modules: str | list[str]
+    r: Count
+    alpha: Count
+    dropout: Share
+    target_modules: Literal["all-linear"] | Annotated[list[Text], Field(min_length=1)]
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainParams:
+class TrainParams(Section):
     """The optimisation settings shared by every task (the task adds epochs, batch size, rate and length)."""
 
-    seed: int
-    gradient_accumulation: int
-    warmup_ratio: float
-    weight_decay: float
-    gradient_checkpointing: bool | str
-    compile: bool | str
-    gpu_batch_tokens: int
-    gpu_min_steps: int
-    logging_steps: int
+    seed: Count0
+    gradient_accumulation: Count
+    warmup_ratio: Share
+    weight_decay: Annotated[float, Field(ge=0)]
+    gradient_checkpointing: Switch
+    compile: Switch
+    gpu_batch_tokens: Count0
+    gpu_min_steps: Count
+    logging_steps: Count
+    checkpoint_minutes: Annotated[float, Field(ge=0)] | Literal["auto"]
+    keep_checkpoint: bool
 
 
-@dataclasses.dataclass(frozen=True)
-class EvaluateParams:
+class EvaluateParams(Section):
     """How evaluation batches its work, for every task."""
 
-    batch_size: int | str
-    memory_gib: float
+    batch_size: Count | Literal["auto"]
+    memory_gib: Positive
 
 
-@dataclasses.dataclass(frozen=True)
-class ExportParams:
+class ExportParams(Section):
     """What the export stage makes from the adapter: a merged model and GGUF files."""
 
     enabled: bool
-    merge_into: str
-    gguf: list[str]
+    merge_into: MERGE_INTO
+    gguf: list[GGUF_TYPES]
 
 
-@dataclasses.dataclass(frozen=True)
-class BaselineParams:
+class BaselineParams(Section):
     """The classic TF-IDF + logistic-regression baseline (classification tasks)."""
 
-    ngram_max: int
+    ngram_max: Count
     char_ngrams: bool
-    C: float
+    C: Positive
 
 
-@dataclasses.dataclass(frozen=True)
-class ReportParams:
+class ReportParams(Section):
     """What the Markdown report shows."""
 
-    samples: int
+    samples: Count0
 
 
-SECTIONS: dict[str, type] = {
-    "base_model": BaseModelParams,
-    "quantization": QuantizationParams,
-    "lora": LoraParams,
-    "train": TrainParams,
-    "evaluate": EvaluateParams,
-    "export": ExportParams,
-    "baseline": BaselineParams,
-    "report": ReportParams,
+TaskEntry = Annotated[ClassificationTask | GenerationTask, Field(discriminator="kind")]
+TASK_CLASSES: dict[str, type[Section]] = {"classification": ClassificationTask, "generation": GenerationTask}
+
+
+class ParamsFile(Section):
+    """The whole of params.yaml."""
+
+    task: Text
+    tasks: Annotated[dict[Text, TaskEntry], Field(min_length=1)]
+    base_model: BaseModelParams
+    quantization: QuantizationParams
+    lora: LoraParams
+    train: TrainParams
+    evaluate: EvaluateParams
+    export: ExportParams
+    baseline: BaselineParams
+    report: ReportParams
+
+    @model_validator(mode="after")
+    def _task_is_an_entry(self) -> ParamsFile:
+        if self.task not in self.tasks:
+            raise ValueError(f"task is {self.task!r}; choose one of the entries of tasks: {', '.join(self.tasks)}")
+        return self
+
+
+SECTIONS: dict[str, type[Section]] = {
+    name: field.annotation for name, field in ParamsFile.model_fields.items() if name not in ("task", "tasks")
 }
-# The parts of a task entry, and the dataclass each is read into (prompt and evaluate depend on the kind).
-TASK_PARTS: dict[str, dict[str, type] | type] = {
-    "data": DataParams,
-    "split": SplitParams,
-    "prompt": {"classification": LabelPromptParams, "generation": ChatPromptParams},
-    "train": TaskTrainParams,
-    "evaluate": {"classification": LabelEvaluateParams, "generation": GenerationEvaluateParams},
+# The parts of a task entry, and the model each is read into (prompt and evaluate depend on the kind).
+TASK_PARTS: dict[str, dict[str, type[Section]]] = {
+    part: {kind: cls.model_fields[part].annotation for kind, cls in TASK_CLASSES.items()}
+    for part in ("data", "split", "prompt", "train", "evaluate")
 }
 
 
 def load_yaml(path: str | Path = "params.yaml") -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
-            return yaml.safe_load(f) or {}
+            raw = yaml.safe_load(f) or {}
     except FileNotFoundError:
         raise PipelineError(f"{path}: not found; run from the repository root") from None
     except yaml.YAMLError as e:
         raise PipelineError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise PipelineError(f"{path}: expected a mapping of sections at the top, found {type(raw).__name__}")
+    return raw
 
 
-def _matches(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, arg) for arg in typing.get_args(hint))
-    if origin is list:
-        return isinstance(value, list) and all(_matches(v, typing.get_args(hint)[0]) for v in value)
-    if hint is bool:
-        return isinstance(value, bool)
-    if isinstance(value, bool):
-        return False
-    if hint is float:
-        return isinstance(value, (int, float))
-    return isinstance(value, hint)
+# --- one line per error: the key, the value, what is allowed ---------------------------------------
+
+_ALLOWED = {
+    "int_type": "an integer", "int_from_float": "an integer", "float_type": "a number", "bool_type": "true or false",
+    "string_type": "a string", "list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping",
+    "string_too_short": "a non-empty string",
+}
 
 
-def _check_type(section: str, key: str, value: Any, hint: Any) -> None:
-    if not _matches(value, hint):
-        expected = str(hint).replace("typing.", "")
-        raise PipelineError(f"params.yaml: {section}.{key} is {value!r}; expected {expected}")
+BOUNDS = {"ge": ">= {:g}", "gt": "> {:g}", "le": "<= {:g}", "lt": "< {:g}"}
+BOUND_ERRORS = {"greater_than_equal": "ge", "greater_than": "gt", "less_than_equal": "le", "less_than": "lt"}
 
 
-def _section(cls: type, section: Any, where: str) -> Any:
-    """Check `section` against dataclass `cls` (no missing, unknown or mistyped key) and build it."""
-    if not isinstance(section, dict):
-        raise PipelineError(f"params.yaml: section '{where}' is missing")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(section) - fields)
-    missing = sorted(fields - set(section))
-    if unknown:
-        raise PipelineError(f"params.yaml: unknown key {where}.{unknown[0]}; known keys: {', '.join(sorted(fields))}")
-    if missing:
-        raise PipelineError(f"params.yaml: missing key {where}.{missing[0]}")
-    for key, value in section.items():
-        _check_type(where, key, value, hints[key])
-    return cls(**section)
+def _range(field: Any) -> str:
+    """Every bound a field declares (`>= 0 and < 1`), not only the one the value broke."""
+    bounds = [BOUNDS[name].format(getattr(m, name)) for m in getattr(field, "metadata", []) for name in BOUNDS
+              if getattr(m, name, None) is not None]
+    return " and ".join(bounds)
+
+
+def _allowed(error: dict) -> str:
+    ctx, kind = error.get("ctx") or {}, error["type"]
+    if kind in BOUND_ERRORS:
+        loc = error["loc"]
+        model = _model_at(loc[:-1]) if not _is_union_member(loc[-1]) else None
+        declared = _range(model.model_fields.get(loc[-1])) if model else ""
+        name = BOUND_ERRORS[kind]
+        return declared or BOUNDS[name].format(ctx[name])
+    if kind == "too_short":
+        return "a non-empty list" if ctx["min_length"] == 1 else f"at least {ctx['min_length']} items"
+    if kind == "literal_error":
+        return ctx["expected"]
+    return _ALLOWED.get(kind, error["msg"][0].lower() + error["msg"][1:])
+
+
+def _is_union_member(part: Any) -> bool:
+    """pydantic names the member of a union it tried (`constrained-int`, `literal['all']`) in the error's location."""
+    return isinstance(part, str) and (any(c in part for c in "[-'") or part in ("int", "float", "str", "bool"))
+
+
+def _model_at(loc: tuple) -> type[Section] | None:
+    """The model whose fields sit at `loc` (with pydantic's union tags still in it)."""
+    cls: Any = ParamsFile
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
+        if cls is ParamsFile and part == "tasks":
+            if len(parts) < 2:
+                return None
+            cls = TASK_CLASSES.get(parts[1])
+            parts = parts[2:]
+        elif isinstance(cls, type) and issubclass(cls, Section) and part in cls.model_fields:
+            cls = cls.model_fields[part].annotation
+        else:
+            return None
+    return cls if isinstance(cls, type) and issubclass(cls, Section) else None
+
+
+def _key(loc: tuple) -> str:
+    parts = [p for p in loc if not _is_union_member(p)]
+    if len(parts) > 2 and parts[0] == "tasks" and parts[2] in KINDS:
+        del parts[2]
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".")
+
+
+def _show(value: Any) -> str:
+    """A value as it is written in YAML."""
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    return repr(value)
+
+
+def _number_hint(value: Any) -> str:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return ""
+    return " (YAML reads this as text: write numbers like 1.0e-4, with a dot)" if isinstance(value, str) else ""
+
+
+def error_line(e: ValidationError, where: str = "params.yaml") -> str:
+    """The first problem pydantic found, as one line that names the key, the value and what is allowed."""
+    errors = e.errors(include_url=False)
+    # A misspelt key is both unknown and missing: name the unknown one, with the keys that are known.
+    errors = sorted(errors, key=lambda err: err["type"] not in ("extra_forbidden", "unexpected_keyword_argument"))
+    first = _key(errors[0]["loc"])
+    group = [err for err in errors if _key(err["loc"]) == first]
+    for err in group:
+        kind, loc = err["type"], err["loc"]
+        if kind == "missing":
+            return f"{where}: missing key {first}"
+        if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+            model = _model_at(loc[:-1])
+            known = f"; known keys: {', '.join(model.model_fields)}" if model else ""
+            return f"{where}: unknown key {first}{known}"
+        if kind == "union_tag_invalid":
+            return f"{where}: {first}.kind is {err['ctx']['tag']!r}; use one of {', '.join(KINDS)}"
+        if kind == "union_tag_not_found":
+            return f"{where}: missing key {first}.kind ({', '.join(KINDS)})"
+        if kind == "value_error":
+            message = err["msg"].removeprefix("Value error, ")
+            if isinstance(err["input"], dict):  # a check across keys: the message names them
+                return f"{where}: {first + ': ' if first else ''}{message}"
+            return f"{where}: {first} is {_show(err['input'])}; {message}"
+    value = group[0]["input"]
+    allowed = list(dict.fromkeys(_allowed(err) for err in group))
+    allowed = allowed[0] if len(allowed) == 1 else ", ".join(allowed[:-1]) + " or " + allowed[-1]
+    return f"{where}: {first} is {_show(value)}; allowed: {allowed}{_number_hint(value)}"
+
+
+def validate(raw: dict, where: str = "params.yaml") -> ParamsFile:
+    """Check the whole file: every section, every task entry, every key's type and range."""
+    try:
+        return ParamsFile.model_validate(raw)
+    except ValidationError as e:
+        raise PipelineError(error_line(e, where)) from None
 
 
 def read(name: str, path: str | Path = "params.yaml", raw: dict | None = None) -> Any:
-    """Return shared section `name` of params.yaml as its dataclass; missing or unknown keys are errors."""
+    """Shared section `name` of params.yaml, after the whole file is checked."""
     raw = load_yaml(path) if raw is None else raw
-    return _section(SECTIONS[name], raw.get(name), name)
+    return getattr(validate(raw, str(path)), name)
 
 
 def task_names(raw: dict) -> list[str]:
-    tasks = raw.get("tasks")
-    if not isinstance(tasks, dict) or not tasks:
-        raise PipelineError("params.yaml: section 'tasks' is missing")
-    return list(tasks)
+    return list(validate(raw).tasks)
+
+
+def _task(checked: ParamsFile, name: str) -> Task:
+    if name not in checked.tasks:
+        raise PipelineError(f"params.yaml: task is {name!r}; choose one of the entries of tasks: {', '.join(checked.tasks)}")
+    entry = checked.tasks[name]
+    return Task(name=name, **{key: getattr(entry, key) for key in entry.model_fields})
 
 
 def read_task(path: str | Path = "params.yaml", raw: dict | None = None, name: str | None = None) -> Task:
-    """The task `task` names (or `name`), with every part checked like a section."""
+    """The task `task` names (or `name`), after the whole file is checked."""
     raw = load_yaml(path) if raw is None else raw
-    name = raw.get("task") if name is None else name
-    names = task_names(raw)
-    if name not in names:
-        raise PipelineError(f"params.yaml: task is {name!r}; choose one of the entries of tasks: {', '.join(names)}")
-    entry = raw["tasks"][name]
-    where = f"tasks.{name}"
-    if not isinstance(entry, dict):
-        raise PipelineError(f"params.yaml: {where} must be a mapping")
-    expected = {"kind", *TASK_PARTS}
-    unknown, missing = sorted(set(entry) - expected), sorted(expected - set(entry))
-    if unknown:
-        raise PipelineError(f"params.yaml: unknown key {where}.{unknown[0]}; known keys: {', '.join(sorted(expected))}")
-    if missing:
-        raise PipelineError(f"params.yaml: missing key {where}.{missing[0]}")
-    kind = entry["kind"]
-    if kind not in KINDS:
-        raise PipelineError(f"params.yaml: {where}.kind is {kind!r}; use one of {', '.join(KINDS)}")
-    parts = {}
-    for part, cls in TASK_PARTS.items():
-        parts[part] = _section(cls[kind] if isinstance(cls, dict) else cls, entry[part], f"{where}.{part}")
-    if kind == "classification" and parts["data"].format != "table":
-        raise PipelineError(f"params.yaml: {where}.data.format is '{parts['data'].format}'; "
-                            "a classification task reads a table (one text and one label per row)")
-    return Task(name=name, kind=kind, **parts)
+    checked = validate(raw, str(path))
+    return _task(checked, checked.task if name is None else name)
 
 
 def read_all(names: list[str] | tuple[str, ...], path: str | Path = "params.yaml") -> dict[str, Any]:
-    """Read several shared sections at once, from one parse of the file."""
-    raw = load_yaml(path)
-    return {name: read(name, raw=raw) for name in names}
+    """Several shared sections, from one parse and one check of the file."""
+    checked = validate(load_yaml(path), str(path))
+    return {name: getattr(checked, name) for name in names}
 
 
 def read_stage(names: tuple[str, ...], path: str | Path = "params.yaml") -> tuple[Task, dict[str, Any]]:
-    """What a stage reads: the chosen task and the shared sections it names, from one parse of the file."""
-    raw = load_yaml(path)
-    return read_task(raw=raw), {name: read(name, raw=raw) for name in names}
+    """What a stage reads: the chosen task and the shared sections it names. The whole file is checked
+    first, so a bad value anywhere stops the stage before it writes anything."""
+    checked = validate(load_yaml(path), str(path))
+    return _task(checked, checked.task), {name: getattr(checked, name) for name in names}
 
 
 def task_as_dict(task: Task, parts: tuple[str, ...]) -> dict[str, Any]:
@@ -304,8 +445,16 @@ def task_as_dict(task: Task, parts: tuple[str, ...]) -> dict[str, Any]:
     return {"kind": task.kind, **{part: as_dict(getattr(task, part)) for part in parts}}
 
 
-def as_dict(obj: Any) -> dict[str, Any]:
-    return dataclasses.asdict(obj)
+def as_dict(section: Section) -> dict[str, Any]:
+    return section.model_dump()
+
+
+def replace(section: T, **changes: Any) -> T:
+    """A copy of `section` with some values changed, checked like the file is."""
+    try:
+        return type(section).model_validate({**section.model_dump(), **changes})
+    except ValidationError as e:
+        raise PipelineError(error_line(e, type(section).__name__)) from None
 
 
 EVALUATION_BATCH = {"cpu": 64, "cuda": 512}  # `auto`: measured in benchmarks/README.md (label scoring)
@@ -315,15 +464,11 @@ def evaluation_batch_size(value: int | str, on_gpu: bool) -> int:
     """`auto` is 64 prompts a pass on CPU and 512 on a GPU, where a pass costs about the same up to there."""
     if value == "auto":
         return EVALUATION_BATCH["cuda" if on_gpu else "cpu"]
-    if isinstance(value, int) and value > 0:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
     raise PipelineError(f"params.yaml: evaluate.batch_size is {value!r}; expected a positive count or 'auto'")
 
 
-def size_limit(value: int | str, what: str) -> int | None:
-    """`all` means no cap; otherwise a positive count."""
-    if value == "all":
-        return None
-    if isinstance(value, int) and value > 0:
-        return value
-    raise PipelineError(f"params.yaml: {what} is {value!r}; expected a positive count or 'all'")
+def size_limit(value: int | str) -> int | None:
+    """`all` means no cap; otherwise the count (params checked it is positive)."""
+    return None if value == "all" else value

@@ -31,6 +31,19 @@ def end_token_id(tokenizer) -> int:
     return tokenizer.eos_token_id
 
 
+def check_room(tokenizer, template: str, answer_prefix: str, labels: list[str], max_length: int, key: str) -> None:
+    """Refuse a max length that cannot hold the template, one token of text and the longest answer."""
+    if not labels:
+        return
+    fixed = len(prompt_ids(tokenizer, render_prompt(template, "")))
+    longest = max(labels, key=lambda label: len(answer_ids(tokenizer, answer_prefix, label)))
+    answer = len(answer_ids(tokenizer, answer_prefix, longest)) + 1  # and the end token
+    needed = fixed + 1 + answer
+    if max_length < needed:
+        raise PipelineError(f"params.yaml: {key} is {max_length}; the prompt template takes {fixed} tokens and the "
+                            f"longest answer ({longest!r}) {answer} with its end token, so it must be at least {needed}")
+
+
 def encode_example(tokenizer, prompt: str, answer: list[int], max_length: int) -> dict[str, list[int]]:
     """Input ids for prompt + answer + end token; labels are IGNORE_INDEX on every prompt token.
 

@@ -20,7 +20,7 @@ from finetune.batching import AnswerOnlyCollator, any_length_attention
 from finetune.files import atomic_path, write_json
 from finetune.chat import encode_conversation
 from finetune.params import LoraParams, Task, TaskTrainParams, TrainParams
-from finetune.prompts import answer_ids, encode_example, render_prompt
+from finetune.prompts import answer_ids, check_room, encode_example, render_prompt
 
 
 @dataclasses.dataclass
@@ -219,6 +219,8 @@ def encode_split(tokenizer, rows: list[dict], task: Task) -> list[dict]:
     if task.is_generation:
         return [encode_conversation(tokenizer, row["messages"], task.prompt.system, task.prompt.chat_template, max_length)
                 for row in rows]
+    check_room(tokenizer, task.prompt.template, task.prompt.answer_prefix, sorted({row["label"] for row in rows}),
+               max_length, f"tasks.{task.name}.train.max_length")
     return [
         encode_example(tokenizer, render_prompt(task.prompt.template, row["text"]),
                        answer_ids(tokenizer, task.prompt.answer_prefix, row["label"]), max_length)

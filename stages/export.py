@@ -8,9 +8,8 @@ import pandas as pd
 from finetune import base_model, params
 from finetune.deliver import card
 from finetune.deliver.export import compare_merges, copy_adapter, gguf_files
-from finetune.deliver.merge import MERGE_INTO, merged_run_info, save_merged
+from finetune.deliver.merge import merged_run_info, save_merged
 from finetune.deliver.trained import read_run
-from finetune.errors import PipelineError
 from finetune.files import atomic_path, read_json, read_jsonl, write_json
 from finetune.stage import run
 
@@ -30,8 +29,6 @@ def main() -> None:
     args = parser.parse_args()
     task, p = params.read_stage(PARAMS)
     export = p["export"]
-    if export.merge_into not in MERGE_INTO:
-        raise PipelineError(f"params.yaml: export.merge_into is '{export.merge_into}'; use one of {', '.join(MERGE_INTO)}")
     batch_size = params.evaluation_batch_size(p["evaluate"].batch_size, on_gpu=base_model.device().type == "cuda")
 
     if not export.enabled:

@@ -21,7 +21,7 @@ def main() -> None:
     task, _ = params.read_stage(PARAMS)
     data = task.data
 
-    table, origin = load_source(data.source)
+    table, origin = load_source(data.source, data.encoding)
     if task.is_generation:
         examples, summary = build_dialogues(table, origin, data.format, data.input_field, data.target_field,
                                             data.drop_labels, data.turns)

@@ -6,7 +6,7 @@ import pandas as pd
 
 from finetune import params
 from finetune.files import atomic_path, read_jsonl, write_json, write_jsonl
-from finetune.splits import SPLITS, split_conversations, split_examples
+from finetune.splits import SPLITS, split_conversations, split_examples, train_only_classes
 from finetune.stage import run
 
 PARAMS = ()
@@ -23,17 +23,21 @@ def main() -> None:
     split = task.split
 
     examples = pd.DataFrame(read_jsonl(args.examples))
-    caps = {name: params.size_limit(getattr(split, f"max_{name}"), f"tasks.{task.name}.split.max_{name}")
+    caps = {name: params.size_limit(getattr(split, f"max_{name}"))
             for name in SPLITS}
     divide = split_conversations if task.is_generation else split_examples
     splits = divide(examples, split.validation_fraction, split.test_fraction, caps, split.seed)
+    sizes = {name: len(frame) for name, frame in splits.items()}
+    train_only = {} if task.is_generation else train_only_classes(examples, split.validation_fraction)
+    if train_only:  # only then, so a split without such classes writes the same sizes file as before
+        sizes["train_only_classes"] = train_only
     with atomic_path(args.out_dir) as out_dir:
         out_dir.mkdir()
         for name, frame in splits.items():
             write_jsonl(out_dir / f"{name}.jsonl", frame.to_dict("records"))
-    sizes = {name: len(frame) for name, frame in splits.items()}
     write_json(args.sizes, sizes)
-    print("split: " + ", ".join(f"{n} {name}" for name, n in sizes.items()))
+    print("split: " + ", ".join(f"{len(frame)} {name}" for name, frame in splits.items())
+          + (f" ({len(train_only)} classes in train only)" if train_only else ""))
 
 
 if __name__ == "__main__":

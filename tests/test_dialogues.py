@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from finetune.dialogues import build_dialogues
+from finetune.dialogues import build_dialogues, clean_message
 from finetune.errors import PipelineError
 from tests.conftest import ROOT
 
@@ -67,3 +67,32 @@ def test_bad_rows_are_one_line_errors(fmt, table, fragment):
     with pytest.raises(PipelineError, match=fragment) as error:
         build_dialogues(table, "f.csv", fmt, *fields, [], 0)
     assert len(str(error.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize("raw, clean", [
+    ("Steps:\r\n1. rest\r\n2. walk\r\n", "Steps:\n1. rest\n2. walk"),           # Windows line endings
+    ("one\rtwo\u2028three", "one\ntwo\nthree"),                                # old Mac, Unicode line separator
+    ("def f():\n    return 1\n\tpass", "def f():\n    return 1\n\tpass"),      # indentation is kept
+    ("Hi  there.\tHow\u00a0are\u2009you?  ", "Hi there. How are you?"),         # inside a line: one plain space
+    ("  \n  padded  \n\n", "padded"),                                          # the ends are stripped
+])
+def test_clean_message_keeps_line_breaks_and_indentation(raw, clean):
+    assert clean_message(raw) == clean
+
+
+def test_whitespace_normalised_counts_rows_changed_beyond_their_ends():
+    table = pd.DataFrame({"prompt": ["Code?", " Hi ", "List?\r\n", "Space"],
+                          "response": ["```\nif x:\n    y()\n```", "Hello", "- a\r\n- b", "a\u00a0b"]})
+    examples, summary = build_dialogues(table, "c.csv", "table", "prompt", "response", [], 0)
+    assert examples["messages"][0][1]["content"] == "```\nif x:\n    y()\n```"
+    assert examples["messages"][2] == [{"role": "user", "content": "List?"}, {"role": "assistant", "content": "- a\n- b"}]
+    assert summary["whitespace_normalised"] == 2  # the list's line endings and the no-break space
+    guanaco = pd.DataFrame({"text": ["### Human: Hi?\r\n### Assistant: Hello\r\nthere", "### Human: Q### Assistant: A"]})
+    examples, summary = build_dialogues(guanaco, "g.jsonl", "guanaco", "text", "", [], 0)
+    assert examples["messages"][0][1]["content"] == "Hello\nthere" and summary["whitespace_normalised"] == 1
+
+
+def test_a_near_miss_column_name_is_pointed_out():
+    table = pd.DataFrame({"Prompt": ["Hi"], "response": ["Hello"]})
+    with pytest.raises(PipelineError, match="missing column 'prompt' \\(data.input_field\\); did you mean 'Prompt'\\?"):
+        build_dialogues(table, "c.csv", "table", "prompt", "response", [], 0)

@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -8,15 +9,21 @@ import yaml
 
 from finetune.errors import PipelineError
 from finetune.examples import build_examples, class_counts
+from stages import prepare
 from tests.conftest import ROOT
 
 
-def run_prepare(tmp_path, source: str, task: str = "instacart", env: dict | None = None, **data):
-    """Run the real prepare stage in `tmp_path` on `task` with its `data.source` set; returns the finished process."""
+def write_task_params(tmp_path, source: str, task: str = "instacart", **data) -> None:
+    """params.yaml in `tmp_path`: the project's, with `task` chosen and its data.source (and other data keys) set."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["task"] = task
     params["tasks"][task]["data"].update(source=source, **data)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def run_prepare(tmp_path, source: str, task: str = "instacart", env: dict | None = None, **data):
+    """Run the real prepare stage in `tmp_path` on `task` with its `data.source` set; returns the finished process."""
+    write_task_params(tmp_path, source, task, **data)
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run([sys.executable, "-m", "stages.prepare", "out/examples.jsonl", "out/counts.json"],
                           cwd=tmp_path, env=env, capture_output=True, text=True)
@@ -70,3 +77,52 @@ def test_duplicate_ids_are_refused():
 def test_class_counts_most_frequent_first():
     frame = pd.DataFrame({"label": ["b", "a", "b", "c", "a", "b"]})
     assert list(class_counts(frame).items()) == [("b", 3), ("a", 2), ("c", 1)]
+
+
+def prepare_in_process(tmp_path, monkeypatch, source: str, **data) -> dict:
+    """Run prepare's main() in `tmp_path` on the instacart task with `data.source` set; return its counts."""
+    write_task_params(tmp_path, source, **data)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["prepare", "out/examples.jsonl", "out/counts.json"])
+    prepare.main()
+    return json.loads((tmp_path / "out" / "counts.json").read_text())
+
+
+def test_texts_and_labels_lose_line_breaks_tabs_and_double_spaces_and_are_counted():
+    table = pd.DataFrame({"product": ["Whole\nMilk", "Peas\t 1 kg", " Rice ", "Eggs"],
+                          "department": ["dairy\r\neggs", "frozen", "pantry ", "dairy  eggs"]})
+    examples, summary = build_examples(table, "t.csv", "product", "department", [])
+    assert examples["text"].tolist() == ["Whole Milk", "Peas 1 kg", "Rice", "Eggs"]
+    assert examples["label"].tolist() == ["dairy eggs", "frozen", "pantry", "dairy eggs"]
+    assert summary["classes"] == 3
+    assert summary["whitespace_normalised"] == 3  # " Rice " / "pantry " only lose their ends: not counted
+
+
+def test_prepare_writes_the_whitespace_count(tmp_path, monkeypatch):
+    (tmp_path / "items.csv").write_bytes(b'\xef\xbb\xbfproduct;department\nMilk;"dairy\neggs"\nPeas;frozen\n')
+    counts = prepare_in_process(tmp_path, monkeypatch, "items.csv", input_field="product", target_field="department")
+    assert counts["whitespace_normalised"] == 1 and counts["class_counts"] == {"dairy eggs": 1, "frozen": 1}
+
+
+@pytest.mark.parametrize("departments, drop_labels, fragment", [
+    (["dairy", "dairy "], [], "column 'department' (data.target_field) has one label only, 'dairy'; "),
+    (["dairy", "missing"], ["missing"], "has one label only, 'dairy' after dropping ['missing']; "),
+])
+def test_a_single_class_is_refused(departments, drop_labels, fragment):
+    table = pd.DataFrame({"product": ["Milk", "Cheese"], "department": departments})
+    with pytest.raises(PipelineError) as error:
+        build_examples(table, "data/raw/one.csv", "product", "department", drop_labels)
+    assert str(error.value).startswith("data/raw/one.csv: ") and fragment in str(error.value)
+
+
+def test_a_single_class_stops_prepare_before_it_writes(tmp_path, monkeypatch):
+    (tmp_path / "one.csv").write_text("product,department\nMilk,dairy\nCheese,dairy\n")
+    with pytest.raises(PipelineError, match="one.csv: column 'department' .* one label only, 'dairy'"):
+        prepare_in_process(tmp_path, monkeypatch, "one.csv", input_field="product", target_field="department")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_column_name_that_differs_only_in_case_or_spaces_is_pointed_out():
+    table = pd.DataFrame({" Product": ["Milk"], "department": ["dairy"]})
+    with pytest.raises(PipelineError, match="missing column 'product' \\(data.input_field\\); did you mean ' Product'\\?"):
+        build_examples(table, "t.csv", "product", "department", [])

@@ -125,3 +125,35 @@ def test_evaluation_batch_size_auto_is_64_on_cpu_and_512_on_a_gpu():
     assert params.evaluation_batch_size(12, on_gpu=True) == 12
     with pytest.raises(PipelineError, match="evaluate.batch_size is 'big'"):
         params.evaluation_batch_size("big", on_gpu=False)
+
+
+def test_the_closed_choices_params_allow_are_those_the_code_acts_on():
+    """params.py declares the allowed values without importing the modules that act on them (it sits below them)."""
+    import typing
+
+    from finetune import chat, dialogues, evaluation
+    from finetune.deliver import gguf, merge
+
+    for literal, values in ((params.CHAT_TEMPLATES, chat.CHAT_TEMPLATES), (params.FORMATS, dialogues.FORMATS),
+                            (params.LABEL_METHODS, evaluation.METHODS), (params.MERGE_INTO, merge.MERGE_INTO),
+                            (params.GGUF_TYPES, gguf.OUTTYPES)):
+        assert set(typing.get_args(literal)) == set(values)
+
+
+def test_a_bad_value_names_the_key_the_value_and_every_bound(tmp_path):
+    bad = {**PARAMS, "lora": {**PARAMS["lora"], "dropout": 1.5}}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(PipelineError, match=r"lora.dropout is 1.5; allowed: >= 0 and < 1$"):
+        params.read("lora", tmp_path / "p.yaml")
+    bad = {**PARAMS, "tasks": {**PARAMS["tasks"], "instacart": {**PARAMS["tasks"]["instacart"], "split": {
+        **PARAMS["tasks"]["instacart"]["split"], "max_train": 0}}}}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(PipelineError, match=r"tasks.instacart.split.max_train is 0; allowed: >= 1 or 'all'$"):
+        params.read_task(tmp_path / "p.yaml")
+
+
+def test_replace_checks_the_new_values():
+    lora = params.read("lora")
+    assert params.replace(lora, r=4).r == 4 and lora.r == PARAMS["lora"]["r"]
+    with pytest.raises(PipelineError, match="r is 0; allowed: >= 1"):
+        params.replace(lora, r=0)

@@ -1,6 +1,5 @@
 """The training settings a GPU picks by itself: batch growth, activation checkpointing, compiled blocks."""
 
-import dataclasses
 
 import pytest
 
@@ -12,7 +11,7 @@ from finetune.training import (LARGE_MODEL, attach_adapter, compile_blocks, devi
 
 def settings(**train_overrides):
     task = params.read_task("params.yaml", None, "instacart")
-    return task.train, dataclasses.replace(params.read("train"), **train_overrides)
+    return task.train, params.replace(params.read("train"), **train_overrides)
 
 
 def test_cpu_keeps_the_tasks_batch_whatever_the_lengths():
@@ -61,7 +60,7 @@ def test_compiled_blocks_compute_the_same_loss_and_adapter_gradients(arch):
     from tests.conftest import tiny_falcon, tiny_llama
 
     build = {"llama": tiny_llama, "falcon": tiny_falcon}[arch]
-    lora = dataclasses.replace(params.read("lora"), r=4, alpha=8, target_modules="all-linear")
+    lora = params.replace(params.read("lora"), r=4, alpha=8, target_modules="all-linear")
     runs = []
     for compiled in (False, True):
         torch.manual_seed(0)
@@ -106,7 +105,7 @@ def test_attach_adapter_trains_only_the_adapter_and_keeps_frozen_dtypes():
     from tests.conftest import tiny_llama
 
     model = tiny_llama(vocab_size=256).to(torch.bfloat16)
-    lora = dataclasses.replace(params.read("lora"), r=4, alpha=8, target_modules="all-linear")
+    lora = params.replace(params.read("lora"), r=4, alpha=8, target_modules="all-linear")
     peft_model, modules, checkpointing = attach_adapter(model, lora, gradient_checkpointing=True)
     trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
@@ -126,7 +125,7 @@ def test_train_result_counts_a_4bit_model_at_its_dense_size(tmp_path, tokenizer)
     tiny_llama(vocab_size=len(tokenizer)).save_pretrained(tmp_path / "base")
     dense_size = parameter_count(tiny_llama(vocab_size=len(tokenizer)))
     task = params.read_task(name="instacart")
-    task_train = dataclasses.replace(task.train, batch_size=2)
+    task_train = params.replace(task.train, batch_size=2)
     examples = encode_split(tokenizer, [{"id": str(i), "text": f"item {i}", "label": "snacks"} for i in range(2)], task)
     model = base_model.load_model(str(tmp_path / "base"), "main", base_model.quantization_config(True, "nf4", True))
     _, result = train_adapter(model, tokenizer, examples, [], task_train, params.read("train"), params.read("lora"),

@@ -66,3 +66,9 @@ def write_csv(path: str | Path, frame) -> None:
     """Write a pandas DataFrame as CSV without its index, atomically."""
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
+
+
+def copy_tree(source: str | Path, dest: str | Path) -> None:
+    """Copy a folder into place atomically (replacing what was there)."""
+    with atomic_path(dest) as tmp:
+        shutil.copytree(source, tmp)

@@ -1,4 +1,4 @@
-"""QLoRA training with the transformers Trainer: masked answers, dynamic padding, DVCLive curves."""
+"""QLoRA training with the transformers Trainer: masked answers, dynamic padding, DVCLive curves, checkpoints, guards."""
 
 from __future__ import annotations
 
@@ -10,13 +10,15 @@ from pathlib import Path
 
 import torch
 from peft import get_peft_model
-from transformers import Trainer, TrainingArguments, set_seed
+from transformers import ProgressCallback, TrainerCallback, TrainingArguments, set_seed
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from finetune.adapters import lora_config
 from finetune.base_model import device, key_value_heads_repeated
 from finetune.errors import PipelineError
 from finetune.batching import AnswerOnlyCollator, any_length_attention
+from finetune.checkpoints import CheckpointCallback
+from finetune.guards import GradientGuard, GuardedTrainer, advice
 from finetune.files import atomic_path, write_json
 from finetune.chat import encode_conversation
 from finetune.params import LoraParams, Task, TaskTrainParams, TrainParams
@@ -41,6 +43,7 @@ class TrainResult:
     gradient_checkpointing: bool
     compiled: bool
     device: str
+    resumed_from_step: int | None  # a run that resumed a checkpoint: the step it started from
 
 
 def training_arguments(task_train: TaskTrainParams, params: TrainParams, output_dir: str,
@@ -176,8 +179,16 @@ def peak_memory_gib() -> float:
 
 
 def train_adapter(model, tokenizer, train_set: list[dict], validation_set: list[dict], task_train: TaskTrainParams,
-                  params: TrainParams, lora: LoraParams, work_dir: Path, callbacks: list) -> tuple[object, TrainResult]:
-    """Train a LoRA adapter on encoded examples; returns the PEFT model and its figures."""
+                  params: TrainParams, lora: LoraParams, work_dir: Path, callbacks: list,
+                  saving: CheckpointCallback | None = None, resume_from: tuple[Path, dict] | None = None,
+                  ) -> tuple[object, TrainResult]:
+    """Train a LoRA adapter on encoded examples; returns the PEFT model and its figures.
+
+    `callbacks` may hold functions that make a callback: they are called once the adapter is attached,
+    so that a run refused before it starts (a layer the model lacks) creates no DVCLive folder.
+    With `saving`, checkpoints go to `work_dir`; `resume_from` is one of them and its marker.
+    A non-finite loss or gradient norm, or a SIGTERM, ends training with a PipelineError.
+    """
     set_seed(params.seed)
     model, modules, checkpointing = attach_adapter(model, lora, params.gradient_checkpointing)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -191,14 +202,28 @@ def train_adapter(model, tokenizer, train_set: list[dict], validation_set: list[
                                    on_gpu=torch.cuda.is_available())
     args = training_arguments(task_train, params, str(work_dir), has_validation=bool(validation_set),
                               batch_size=batch_size)
-    trainer = Trainer(model=model, args=args, train_dataset=train_set,
-                      eval_dataset=validation_set or None, data_collator=collator, callbacks=callbacks)
+    what_to_try = advice(task_train.learning_rate, params.warmup_ratio)
+    callbacks = [GradientGuard(what_to_try), *(c if isinstance(c, TrainerCallback) else c() for c in callbacks)]
+    trainer = GuardedTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=validation_set or None,
+                             data_collator=collator, callbacks=callbacks + ([saving] if saving else []),
+                             what_to_try=what_to_try)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    with any_length_attention(), key_value_heads_repeated(model):
-        output = trainer.train()
-    runtime = time.perf_counter() - start
+    try:
+        with any_length_attention(), key_value_heads_repeated(model):
+            output = trainer.train(resume_from_checkpoint=str(resume_from[0]) if resume_from else None)
+    finally:
+        if saving:
+            saving.release()
+        for callback in trainer.callback_handler.callbacks:  # an error ends the bar first, so it is the last line
+            if isinstance(callback, ProgressCallback) and callback.training_bar is not None:
+                callback.training_bar.close()
+    if saving and saving.stopped_by_signal is not None and trainer.state.global_step < trainer.state.max_steps:
+        step = trainer.state.global_step
+        raise PipelineError(f"stopped by SIGTERM at step {step} of {trainer.state.max_steps}; checkpoint-{step} is in "
+                            f"{work_dir}: `dvc repro` resumes from it")
+    runtime = saving.elapsed_s() if saving else time.perf_counter() - start
     tokens = int(sum(len(ex["input_ids"]) for ex in train_set) * task_train.epochs)
     history = [h for h in trainer.state.log_history if "loss" in h]
     evals = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
@@ -209,7 +234,7 @@ def train_adapter(model, tokenizer, train_set: list[dict], validation_set: list[
         tokens_per_s=round(tokens / runtime, 1), peak_memory_gib=round(peak_memory_gib(), 2),
         trainable_parameters=int(trainable), total_parameters=int(total), target_modules=modules,
         batch_size=batch_size, gradient_checkpointing=checkpointing, compiled=compiled,
-        device=str(device()))
+        device=str(device()), resumed_from_step=resume_from[1]["step"] if resume_from else None)
     return model, result
 
 

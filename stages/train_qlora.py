@@ -1,15 +1,19 @@
-"""train_qlora: fine-tune a LoRA adapter on the 4-bit base model; write the adapter and training metrics."""
+"""train_qlora: fine-tune a LoRA adapter on the 4-bit base model; write the adapter and training metrics.
+
+A killed run resumes from its last checkpoint in `checkpoint_dir` on the next `dvc repro` (finetune/checkpoints.py).
+"""
 
 import argparse
 import dataclasses
-import tempfile
 from pathlib import Path
 
 from dvclive import Live
 from transformers.integrations import DVCLiveCallback
 
 from finetune import base_model, params, provenance
-from finetune.files import read_jsonl, write_json
+from finetune.checkpoints import CheckpointCallback, Checkpoints, run_identity
+from finetune.errors import PipelineError
+from finetune.files import copy_tree, read_jsonl, write_json
 from finetune.stage import run
 from finetune.training import encode_split, save_adapter, train_adapter
 
@@ -23,33 +27,47 @@ def main() -> None:
     parser.add_argument("adapter_dir", help="output: the PEFT adapter, tokenizer and run.json")
     parser.add_argument("metrics", help="output: training metrics JSON")
     parser.add_argument("live_dir", help="output: DVCLive training curves")
+    parser.add_argument("checkpoint_dir", help="work folder: checkpoints of an unfinished run (not a DVC output)")
     args = parser.parse_args()
     task, p = params.read_stage(PARAMS)
-    model_p, quant = p["base_model"], p["quantization"]
+    model_p, quant, train_p = p["base_model"], p["quantization"], p["train"]
 
     tokenizer = base_model.load_tokenizer(model_p.name, model_p.revision)
-    splits = {name: read_jsonl(Path(args.split_dir) / f"{name}.jsonl") for name in ("train", "validation")}
+    split_files = [Path(args.split_dir) / f"{name}.jsonl" for name in ("train", "validation")]
+    splits = {name: read_jsonl(path) for name, path in zip(("train", "validation"), split_files)}
     encoded = {name: encode_split(tokenizer, rows, task) for name, rows in splits.items()}
-    model = base_model.load_model(model_p.name, model_p.revision,
-                                  base_model.quantization_config(quant.load_in_4bit, quant.quant_type, quant.double_quant))
-    model = base_model.dense_cpu_copy(model)  # CPU only: the same NF4 weights, dequantized once instead of every step
-    live = Live(dir=args.live_dir, dvcyaml=False, save_dvc_exp=False)
-    with tempfile.TemporaryDirectory() as work_dir:
-        model, result = train_adapter(model, tokenizer, encoded["train"], encoded["validation"], task.train,
-                                      p["train"], p["lora"], Path(work_dir), callbacks=[DVCLiveCallback(live=live)])
-    live.end()
-
     run_info = {
         "task": {"name": task.name, **params.task_as_dict(task, TASK_PARTS)},
         "labels": None if task.is_generation else sorted({row["label"] for row in splits["train"]}),
         "params": {name: params.as_dict(section) for name, section in p.items()},
         "base_model": base_model.identity(model_p.name, model_p.revision),
-        "data_sha256": provenance.data_hash(*(Path(args.split_dir) / f"{n}.jsonl" for n in ("train", "validation"))),
+        "data_sha256": provenance.data_hash(*split_files),
         "libraries": provenance.library_versions(),
-        "result": dataclasses.asdict(result),
     }
-    save_adapter(model, tokenizer, args.adapter_dir, run_info)
+    checkpoints = Checkpoints(args.checkpoint_dir, run_identity(run_info))
+    resume = checkpoints.start()
+    if resume:
+        print(f"train_qlora: resuming from step {resume[1]['step']} ({resume[0]}, "
+              f"{resume[1]['training_s']:.0f} s of training kept)")
+    saving = CheckpointCallback(checkpoints, train_p.checkpoint_minutes, train_p.keep_checkpoint,
+                                trained_s=resume[1]["training_s"] if resume else 0.0)
+
+    model = base_model.load_model(model_p.name, model_p.revision,
+                                  base_model.quantization_config(quant.load_in_4bit, quant.quant_type, quant.double_quant))
+    model = base_model.dense_cpu_copy(model)  # CPU only: the same NF4 weights, dequantized once instead of every step
+    live = lambda: DVCLiveCallback(live=Live(str(checkpoints.live_dir), dvcyaml=False, save_dvc_exp=False,  # noqa: E731
+                                             resume=resume is not None))  # made once the run starts
+    try:
+        model, result = train_adapter(model, tokenizer, encoded["train"], encoded["validation"], task.train, train_p,
+                                      p["lora"], checkpoints.folder, callbacks=[live], saving=saving, resume_from=resume)
+    except PipelineError:
+        checkpoints.discard_work()  # a refused or diverged run leaves no curve behind; a checkpoint stays to resume
+        raise
+
+    save_adapter(model, tokenizer, args.adapter_dir, {**run_info, "result": dataclasses.asdict(result)})
+    copy_tree(checkpoints.live_dir, args.live_dir)
     write_json(args.metrics, dataclasses.asdict(result))
+    checkpoints.finish(keep_last=train_p.keep_checkpoint)
     print(f"train_qlora: loss {result.final_loss}, {result.tokens_per_s} tokens/s, {result.runtime_s} s")
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -41,7 +43,10 @@ def dvc(repo: Path, *args: str) -> str:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, tokenizer) -> Path:
     """A git + DVC repo holding this project's pipeline, a tiny Llama as base model and tiny split sizes."""
-    repo = tmp_path_factory.mktemp("pipeline")
+    return make_repo(tmp_path_factory.mktemp("pipeline"), tokenizer, TINY)
+
+
+def make_repo(repo: Path, tokenizer, overrides: dict) -> Path:
     for name in COPIED:
         src, dst = ROOT / name, repo / name
         if src.is_dir():
@@ -50,7 +55,7 @@ def repo(tmp_path_factory, tokenizer) -> Path:
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, dst)
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    for key, values in TINY.items():
+    for key, values in overrides.items():
         section = params
         for part in key.split("."):
             section = section[part]
@@ -140,3 +145,77 @@ def test_switching_task_reruns_everything_and_switching_back_gives_the_same_metr
 
     dvc(repo, "exp", "run", "-S", "task=instacart")
     assert (repo / "metrics/eval.json").read_bytes() == classification
+
+
+# Long enough to be killed part-way (60 steps of the tiny model), a checkpoint at every logging step.
+LONG = {**TINY, "tasks.instacart.split": {"max_train": 240, "max_validation": 8, "max_test": 24},
+        "tasks.instacart.train": {"batch_size": 4},
+        "train": {"logging_steps": 5, "checkpoint_minutes": 1e-6}, "export": {"enabled": False}}
+
+
+def start_repro(repo: Path) -> subprocess.Popen:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    return subprocess.Popen(["dvc", "repro", "--force", "evaluate"], cwd=repo, env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_checkpoint(repo: Path, proc: subprocess.Popen, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not list((repo / "models/checkpoints").glob("checkpoint-*/checkpoint.json")):
+        assert proc.poll() is None, f"dvc repro ended before any checkpoint:\n{proc.stdout.read()}"
+        assert time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.02)
+
+
+def wait_for_group(proc: subprocess.Popen, timeout_s: float = 60) -> None:
+    """Until every process of the run (dvc, and the stage it started) has exited."""
+    proc.wait(timeout_s)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        assert time.monotonic() < deadline, "the stage outlived dvc"
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def long_repo(tmp_path_factory, tokenizer) -> Path:
+    return make_repo(tmp_path_factory.mktemp("long"), tokenizer, LONG)
+
+
+def interrupted_run(repo: Path, sig: signal.Signals, *repro: str) -> tuple[bytes, list[list[str]], str]:
+    """`dvc repro` killed by `sig` once its first checkpoint is written, then `dvc repro` again: eval.json and the curve."""
+    proc = start_repro(repo)
+    wait_for_checkpoint(repo, proc)
+    os.killpg(proc.pid, sig)  # to every process of the run, as a machine going down sends it
+    wait_for_group(proc)
+    assert proc.returncode != 0
+    log = proc.stdout.read()
+    resumed = dvc(repo, "repro", *repro, "evaluate")
+    assert "train_qlora: resuming from step" in resumed
+    train = json.loads((repo / "metrics/train.json").read_text())
+    assert train["resumed_from_step"] > 0 and train["steps"] == 60
+    assert not (repo / "models/checkpoints").exists()  # finished: its checkpoints removed
+    return (repo / "metrics/eval.json").read_bytes(), loss_curve(repo), log
+
+
+def loss_curve(repo: Path) -> list[list[str]]:
+    """Step and loss of each point of the DVCLive curve (not its timestamps)."""
+    lines = (repo / "metrics/train_live/plots/metrics/loss.tsv").read_text().splitlines()
+    return [line.split("\t")[1:] for line in lines]
+
+
+def test_a_killed_training_resumes_from_its_checkpoint_to_the_same_metrics(long_repo):
+    """SIGKILL (power loss) or SIGTERM (a pre-emption notice) during train_qlora; the next dvc repro resumes
+    from the last checkpoint, and eval.json and the loss curve are those of a run never interrupted."""
+    after_kill, kill_curve, _ = interrupted_run(long_repo, signal.SIGKILL)
+    # --force: the result of the first case is in DVC's cache now, which a plain dvc repro would check out
+    after_term, term_curve, log = interrupted_run(long_repo, signal.SIGTERM, "--force")
+    assert "error: stopped by SIGTERM at step" in log and "Traceback" not in log
+
+    whole = dvc(long_repo, "repro", "--force", "evaluate")
+    assert "resuming" not in whole and json.loads((long_repo / "metrics/train.json").read_text())["resumed_from_step"] is None
+    assert after_kill == after_term == (long_repo / "metrics/eval.json").read_bytes()
+    assert kill_curve == term_curve == loss_curve(long_repo)

@@ -72,7 +72,8 @@ def test_each_format_runs_prepare_split_train_evaluate(task, tmp_path, monkeypat
 
     run_stage(prepare, monkeypatch, "data/examples.jsonl", "metrics/data.json")
     run_stage(split, monkeypatch, "data/examples.jsonl", "data/split", "metrics/split.json")
-    run_stage(train_qlora, monkeypatch, "data/split", "models/adapter", "metrics/train.json", "metrics/live")
+    run_stage(train_qlora, monkeypatch, "data/split", "models/adapter", "metrics/train.json", "metrics/live",
+              "models/checkpoints")
     run_stage(evaluate, monkeypatch, "data/split", "models/adapter", "metrics/eval.json", "metrics/details.json",
               "metrics/predictions.csv", "metrics/confusion.csv")
 

@@ -1,0 +1,50 @@
+"""Stop a diverging run at once: a non-finite loss or gradient norm ends training with one line, before the
+optimizer step that would spread it into the adapter (the Trainer would otherwise log an average and go on)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from finetune.errors import PipelineError
+
+
+def advice(learning_rate: float, warmup_ratio: float) -> str:
+    """What to try, in the params' own words."""
+    return (f"lower the task's train.learning_rate (now {learning_rate:g}) or raise train.warmup_ratio "
+            f"(now {warmup_ratio:g}); no adapter was written")
+
+
+def diverged(what: str, value: float, step: int, what_to_try: str) -> PipelineError:
+    return PipelineError(f"training diverged at step {step}: the {what} is {value}; {what_to_try}")
+
+
+class GuardedTrainer(Trainer):
+    """The Trainer, with each micro-batch's loss checked (the Trainer already reads it back every step)."""
+
+    def __init__(self, *args, what_to_try: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.what_to_try = what_to_try
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss).all():
+            raise diverged("loss", float(loss.detach().float().mean()), self.state.global_step + 1, self.what_to_try)
+        return loss
+
+
+class GradientGuard(TrainerCallback):
+    """Checks the gradient norm after clipping, before the optimizer step: it is finite only if the raw one was."""
+
+    def __init__(self, what_to_try: str):
+        self.what_to_try = what_to_try
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if grads:
+            norm = float(torch.nn.utils.get_total_norm(grads))
+            if not math.isfinite(norm):
+                raise diverged("gradient norm", norm, state.global_step + 1, self.what_to_try)
+        return control

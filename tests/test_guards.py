@@ -1,0 +1,43 @@
+"""A diverging run stops at once with one line that names the step and what to try."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from finetune import base_model, params
+from finetune.errors import PipelineError
+from finetune.guards import GradientGuard
+from finetune.training import encode_split, train_adapter
+from tests.conftest import tiny_llama
+
+
+def test_a_huge_learning_rate_stops_training_with_one_line(tmp_path, tokenizer):
+    tiny_llama(len(tokenizer)).save_pretrained(tmp_path / "base")
+    task = params.read_task(name="instacart")
+    rows = [{"id": str(i), "text": f"item {i}", "label": ["snacks", "produce"][i % 2]} for i in range(16)]
+    examples = encode_split(tokenizer, rows, task)
+    task_train = params.replace(task.train, batch_size=2, learning_rate=1e30)
+    model = base_model.dense_cpu_copy(base_model.load_model(str(tmp_path / "base"), "main",
+                                                            base_model.quantization_config(True, "nf4", True)))
+    with pytest.raises(PipelineError) as error:
+        train_adapter(model, tokenizer, examples, [], task_train, params.read("train"),
+                      params.replace(params.read("lora"), r=4, alpha=8), tmp_path / "work", callbacks=[])
+    message = str(error.value)
+    assert message.startswith("training diverged at step ") and "\n" not in message
+    assert "the loss is nan" in message or "the gradient norm is" in message
+    assert "lower the task's train.learning_rate (now 1e+30)" in message
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_gradient_is_caught_before_the_optimizer_step(bad):
+    layer = torch.nn.Linear(4, 4)
+    layer(torch.ones(1, 4)).sum().backward()
+    layer.weight.grad[0, 0] = bad
+    guard = GradientGuard("lower it")
+    with pytest.raises(PipelineError, match=r"training diverged at step 8: the gradient norm is (nan|inf); lower it"):
+        guard.on_pre_optimizer_step(None, SimpleNamespace(global_step=7), None, model=layer)
+    layer.weight.grad[0, 0] = 1.0
+    assert guard.on_pre_optimizer_step(None, SimpleNamespace(global_step=7), "control", model=layer) == "control"

@@ -30,7 +30,8 @@ MARKER = "checkpoint.json"  # written last: a folder without it is incomplete an
 LIVE = "live"               # the DVCLive folder: the curve being written, and its copy in each checkpoint
 PREFIX = "checkpoint-"
 AUTO_OVERHEAD = 0.02        # `auto`: a checkpoint costs at most 2% of the training time ...
-AUTO_FIRST_S = 30.0         # ... and comes no sooner than 30 s into training (a save has not been timed yet)
+AUTO_FIRST_S = 30.0         # ... the first 30 s into training (no save has been timed yet) ...
+AUTO_MIN_S = 10.0           # ... then no more often than every 10 s ...
 AUTO_MAX_S = 600.0          # ... and no later than every 10 minutes
 SIGTERM_WAIT_S = 10.0       # on SIGTERM, go on to the next logging step if it comes this soon (the curve stays exact)
 
@@ -210,7 +211,7 @@ class CheckpointCallback(TrainerCallback):
         self.saved.append(state.global_step)
         if self.every == "auto":  # the Trainer's writing and ours, timed together
             cost = time.perf_counter() - self._asked
-            self._interval_s = min(AUTO_MAX_S, max(AUTO_FIRST_S, cost / AUTO_OVERHEAD))
+            self._interval_s = min(AUTO_MAX_S, max(AUTO_MIN_S, cost / AUTO_OVERHEAD))
         self._last = time.perf_counter()
         log.info("checkpoint at step %d written to %s", state.global_step, path)
         return control

@@ -205,6 +205,11 @@ class CheckpointCallback(TrainerCallback):
                 control.should_training_stop = True
         return control
 
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.stopped_by_signal is not None:  # no validation pass on the way out: the notice gives seconds
+            control.should_evaluate = False
+        return control
+
     def on_save(self, args, state, control, **kwargs):
         path = Path(args.output_dir) / f"{PREFIX}{state.global_step}"
         self.checkpoints.complete(path, state.global_step, self.elapsed_s())

@@ -129,6 +129,7 @@ def test_sigterm_writes_a_checkpoint_and_stops_with_one_line(setup, tmp_path, mo
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
     checkpoints = Checkpoints(tmp_path / "run", IDENTITY)
     assert checkpoints.latest()[1]["step"] == stop
+    assert not list(checkpoints.live_dir.rglob("eval*"))  # no validation pass on the way out: the notice gives seconds
     _, result, _ = train(setup, tmp_path / "run")
     assert result.resumed_from_step == stop and result.steps == 12
 

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from finetune.errors import PipelineError
+from finetune.param_errors import error_line
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -285,122 +286,12 @@ def load_yaml(path: str | Path = "params.yaml") -> dict[str, Any]:
     return raw
 
 
-# --- one line per error: the key, the value, what is allowed ---------------------------------------
-
-_ALLOWED = {
-    "int_type": "an integer", "int_from_float": "an integer", "float_type": "a number", "bool_type": "true or false",
-    "string_type": "a string", "list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping",
-    "string_too_short": "a non-empty string",
-}
-
-
-BOUNDS = {"ge": ">= {:g}", "gt": "> {:g}", "le": "<= {:g}", "lt": "< {:g}"}
-BOUND_ERRORS = {"greater_than_equal": "ge", "greater_than": "gt", "less_than_equal": "le", "less_than": "lt"}
-
-
-def _range(field: Any) -> str:
-    """Every bound a field declares (`>= 0 and < 1`), not only the one the value broke."""
-    bounds = [BOUNDS[name].format(getattr(m, name)) for m in getattr(field, "metadata", []) for name in BOUNDS
-              if getattr(m, name, None) is not None]
-    return " and ".join(bounds)
-
-
-def _allowed(error: dict) -> str:
-    ctx, kind = error.get("ctx") or {}, error["type"]
-    if kind in BOUND_ERRORS:
-        loc = error["loc"]
-        model = _model_at(loc[:-1]) if not _is_union_member(loc[-1]) else None
-        declared = _range(model.model_fields.get(loc[-1])) if model else ""
-        name = BOUND_ERRORS[kind]
-        return declared or BOUNDS[name].format(ctx[name])
-    if kind == "too_short":
-        return "a non-empty list" if ctx["min_length"] == 1 else f"at least {ctx['min_length']} items"
-    if kind == "literal_error":
-        return ctx["expected"]
-    return _ALLOWED.get(kind, error["msg"][0].lower() + error["msg"][1:])
-
-
-def _is_union_member(part: Any) -> bool:
-    """pydantic names the member of a union it tried (`constrained-int`, `literal['all']`) in the error's location."""
-    return isinstance(part, str) and (any(c in part for c in "[-'") or part in ("int", "float", "str", "bool"))
-
-
-def _model_at(loc: tuple) -> type[Section] | None:
-    """The model whose fields sit at `loc` (with pydantic's union tags still in it)."""
-    cls: Any = ParamsFile
-    parts = list(loc)
-    while parts:
-        part = parts.pop(0)
-        if cls is ParamsFile and part == "tasks":
-            if len(parts) < 2:
-                return None
-            cls = TASK_CLASSES.get(parts[1])
-            parts = parts[2:]
-        elif isinstance(cls, type) and issubclass(cls, Section) and part in cls.model_fields:
-            cls = cls.model_fields[part].annotation
-        else:
-            return None
-    return cls if isinstance(cls, type) and issubclass(cls, Section) else None
-
-
-def _key(loc: tuple) -> str:
-    parts = [p for p in loc if not _is_union_member(p)]
-    if len(parts) > 2 and parts[0] == "tasks" and parts[2] in KINDS:
-        del parts[2]
-    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".")
-
-
-def _show(value: Any) -> str:
-    """A value as it is written in YAML."""
-    if isinstance(value, bool) or value is None:
-        return {True: "true", False: "false", None: "null"}[value]
-    return repr(value)
-
-
-def _number_hint(value: Any) -> str:
-    try:
-        float(value)
-    except (TypeError, ValueError):
-        return ""
-    return " (YAML reads this as text: write numbers like 1.0e-4, with a dot)" if isinstance(value, str) else ""
-
-
-def error_line(e: ValidationError, where: str = "params.yaml") -> str:
-    """The first problem pydantic found, as one line that names the key, the value and what is allowed."""
-    errors = e.errors(include_url=False)
-    # A misspelt key is both unknown and missing: name the unknown one, with the keys that are known.
-    errors = sorted(errors, key=lambda err: err["type"] not in ("extra_forbidden", "unexpected_keyword_argument"))
-    first = _key(errors[0]["loc"])
-    group = [err for err in errors if _key(err["loc"]) == first]
-    for err in group:
-        kind, loc = err["type"], err["loc"]
-        if kind == "missing":
-            return f"{where}: missing key {first}"
-        if kind in ("extra_forbidden", "unexpected_keyword_argument"):
-            model = _model_at(loc[:-1])
-            known = f"; known keys: {', '.join(model.model_fields)}" if model else ""
-            return f"{where}: unknown key {first}{known}"
-        if kind == "union_tag_invalid":
-            return f"{where}: {first}.kind is {err['ctx']['tag']!r}; use one of {', '.join(KINDS)}"
-        if kind == "union_tag_not_found":
-            return f"{where}: missing key {first}.kind ({', '.join(KINDS)})"
-        if kind == "value_error":
-            message = err["msg"].removeprefix("Value error, ")
-            if isinstance(err["input"], dict):  # a check across keys: the message names them
-                return f"{where}: {first + ': ' if first else ''}{message}"
-            return f"{where}: {first} is {_show(err['input'])}; {message}"
-    value = group[0]["input"]
-    allowed = list(dict.fromkeys(_allowed(err) for err in group))
-    allowed = allowed[0] if len(allowed) == 1 else ", ".join(allowed[:-1]) + " or " + allowed[-1]
-    return f"{where}: {first} is {_show(value)}; allowed: {allowed}{_number_hint(value)}"
-
-
 def validate(raw: dict, where: str = "params.yaml") -> ParamsFile:
     """Check the whole file: every section, every task entry, every key's type and range."""
     try:
         return ParamsFile.model_validate(raw)
     except ValidationError as e:
-        raise PipelineError(error_line(e, where)) from None
+        raise PipelineError(error_line(e, where, ParamsFile, TASK_CLASSES)) from None
 
 
 def read(name: str, path: str | Path = "params.yaml", raw: dict | None = None) -> Any:
@@ -454,7 +345,7 @@ def replace(section: T, **changes: Any) -> T:
     try:
         return type(section).model_validate({**section.model_dump(), **changes})
     except ValidationError as e:
-        raise PipelineError(error_line(e, type(section).__name__)) from None
+        raise PipelineError(error_line(e, type(section).__name__, type(section), TASK_CLASSES)) from None
 
 
 EVALUATION_BATCH = {"cpu": 64, "cuda": 512}  # `auto`: measured in benchmarks/README.md (label scoring)

@@ -92,25 +92,21 @@ class Checkpoints:
         return sorted((p for p in self.folder.iterdir() if p.is_dir() and _step(p) >= 0), key=_step)
 
     def latest(self) -> tuple[Path, dict] | None:
-        """The newest complete checkpoint made under this run's identity; incomplete and foreign ones are removed."""
-        found = None
+        """The newest complete checkpoint made under this run's identity; newer incomplete or foreign ones are removed."""
         for path in reversed(self.folders()):
             marker = path / MARKER
-            if found is not None:
-                continue
             if not marker.is_file():
                 log.warning("%s is incomplete (no %s: the run was killed while writing it); removed", path, MARKER)
                 shutil.rmtree(path)
                 continue
             info = json.loads(marker.read_text())
-            if info.get("fingerprint") != self.fingerprint:
-                changed = differences(info.get("identity", {}), self.identity)
-                log.warning("%s was made under other params or data (%s); not resumed, removed",
-                            path, "; ".join(changed[:3]) or "a different run")
-                shutil.rmtree(path)
-                continue
-            found = (path, info)
-        return found
+            if info.get("fingerprint") == self.fingerprint:
+                return path, info
+            changed = differences(info.get("identity", {}), self.identity)
+            log.warning("%s was made under other params or data (%s); not resumed, removed",
+                        path, "; ".join(changed[:3]) or "a different run")
+            shutil.rmtree(path)
+        return None
 
     def start(self) -> tuple[Path, dict] | None:
         """Where training starts: the latest usable checkpoint (its curve restored into `live/`), or nothing."""

@@ -1,8 +1,7 @@
 """Training recipes for the CPU default, judged on products the pipeline never uses (never on its test split).
 
 The embedded default must train in about 6.5 of its 10 minutes on a 2-core CPU. This script trains
-one adapter with the train_qlora stage's own code (`encode_split`, `load_model` + `dense_cpu_copy`,
-`train_adapter`) under a changed recipe, and scores it with the evaluate stage's `label_scores` on a
+one model with the train_qlora stage's own code (`encode_split`, `methods.load_base`, `train_model`) under a changed recipe, and scores it with the evaluate stage's `label_scores` on a
 held-out set: 1,000 of the prepared products that are in none of the train, validation and test
 splits (seed 1234). Extra training rows (`--n-train` beyond the split's) come from the rest of
 those unused products, so the held-out set stays untouched.
@@ -10,6 +9,8 @@ those unused products, so the held-out set stays untouched.
     python -m benchmarks.cpu_recipes run ref                                   # params.yaml as it is
     python -m benchmarks.cpu_recipes run bs32_lr2e-3 --batch-size 32 --lr 2e-3
     python -m benchmarks.cpu_recipes run top15 --top-layers 15                 # LoRA on the top 15 layers only
+    python -m benchmarks.cpu_recipes run full --set train.method=full --lr 1e-4  # every weight trained
+    python -m benchmarks.cpu_recipes run pissa --set train.method=lora --set lora.init=pissa
     python -m benchmarks.cpu_recipes table ref bs32_lr2e-3 ...                 # Markdown, from .bench/cpu_recipes/
 
 Needs `dvc repro` first (data/examples.jsonl, data/split/, the base model). One JSON per run under
@@ -29,7 +30,7 @@ import time
 from pathlib import Path
 
 from benchmarks.instacart_smollm2 import StepClock
-from finetune import base_model, params, training
+from finetune import base_model, methods, params, training
 from finetune.files import read_jsonl
 from finetune.prompts import render_prompt
 from finetune.scoring import label_scores, predict_by_scoring
@@ -51,20 +52,37 @@ def top_layers_only(k: int) -> None:
     """LoRA on the last k decoder layers only: backward then stops k layers down."""
     from peft import LoraConfig
 
-    original = training.lora_config
+    original = methods.lora_config
 
-    def config(model, r, alpha, dropout, spec):
-        c = original(model, r, alpha, dropout, spec)
+    def config(model, lora):
+        c = original(model, lora)
         n = model.config.num_hidden_layers
         return LoraConfig(r=c.r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout, bias="none",
                           target_modules=sorted(c.target_modules), task_type="CAUSAL_LM",
+                          use_dora=c.use_dora, use_rslora=c.use_rslora, init_lora_weights=c.init_lora_weights,
                           layers_to_transform=list(range(n - k, n)), layers_pattern="layers")
 
-    training.lora_config = config
+    methods.lora_config = config
+
+
+def overrides(settings: list[str]) -> dict[str, dict]:
+    """`--set train.method=full --set lora.init=pissa`: {section: {key: value}}, values read as YAML."""
+    import yaml
+
+    changes: dict[str, dict] = {}
+    for setting in settings:
+        key, _, value = setting.partition("=")
+        section, _, name = key.partition(".")
+        changes.setdefault(section, {})[name] = yaml.safe_load(value)
+    return changes
 
 
 def run(args) -> None:
     task, p = params.read_stage(("base_model", "quantization", "lora", "train"))
+    for section, changes in overrides(args.set).items():
+        if section not in ("lora", "train"):
+            raise SystemExit(f"--set {section}.*: only lora.* and train.* can be set here")
+        p[section] = params.replace(p[section], **changes)
     task_train = task.train
     if args.batch_size:
         task_train = params.replace(task_train, batch_size=args.batch_size)
@@ -84,13 +102,13 @@ def run(args) -> None:
     tokenizer = base_model.load_tokenizer(model_p.name, model_p.revision)
     encoded = {name: training.encode_split(tokenizer, rows, task)
                for name, rows in (("train", train_rows), ("validation", read_jsonl(DATA / "split" / "validation.jsonl")))}
-    model = base_model.load_model(model_p.name, model_p.revision,
-                                  base_model.quantization_config(quant.load_in_4bit, quant.quant_type, quant.double_quant))
-    model = base_model.dense_cpu_copy(model)
+    model = methods.load_base(model_p.name, model_p.revision, p["train"].method, quant, dense=False)
     clock = StepClock(budget_s=None)
     with tempfile.TemporaryDirectory() as work:
-        model, result = training.train_adapter(model, tokenizer, encoded["train"], encoded["validation"], task.train,
-                                               p["train"], p["lora"], Path(work), callbacks=[clock])
+        trained, result = training.train_model(model, tokenizer, encoded["train"], encoded["validation"], task.train,
+                                               p["train"], p["lora"], Path(work), callbacks=[clock],
+                                               base_folder=model_p.name)
+    model = trained.model
     steps = [b - a for a, b in zip([0.0, *clock.ends], clock.ends)]
     median = sorted(steps)[len(steps) // 2]
     start = time.perf_counter()
@@ -100,6 +118,7 @@ def run(args) -> None:
     record = {
         "name": args.name, "command": "python -m benchmarks.cpu_recipes " + " ".join(sys.argv[1:]),
         "template": task.prompt.template, "rows": len(train_rows), "top_layers": args.top_layers,
+        "method": p["train"].method, "lora": params.as_dict(p["lora"]), "epochs": task.train.epochs,
         "batch_size": task.train.batch_size, "learning_rate": task.train.learning_rate,
         "tokens_per_example": round(result.trained_tokens / len(train_rows), 2),
         "median_step_s": round(median, 3),
@@ -115,12 +134,12 @@ def run(args) -> None:
 
 
 def table(names: list[str]) -> None:
-    print("| run | rows | batch | lr | tokens/example | steps | training s | stalled s | held-out accuracy | command |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| run | method | rows | batch | lr | tokens/example | steps | training s | stalled s | held-out accuracy | command |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in names:
         r = json.loads((OUT / f"{name}.json").read_text())
         t = r["train"]
-        print(f"| {name} | {r['rows']} | {r['batch_size']} | {r['learning_rate']:g} | {r['tokens_per_example']} | "
+        print(f"| {name} | {r.get('method', 'qlora')} | {r['rows']} | {r['batch_size']} | {r['learning_rate']:g} | {r['tokens_per_example']} | "
               f"{t['steps']} | {t['runtime_s']} | {r['stalled_s']} | {r['heldout_accuracy']} | `{r['command']}` |")
 
 
@@ -134,6 +153,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--template", default=None, help="prompt template ('\\n' for a newline)")
     p.add_argument("--top-layers", type=int, default=0, help="LoRA on the last K layers only (0: all)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a lora.* or train.* param, e.g. --set train.method=full --set lora.init=pissa")
     p = sub.add_parser("table")
     p.add_argument("names", nargs="+")
     args = parser.parse_args()

@@ -75,10 +75,9 @@ def lib_tokenizer(model_dir: str):
 
 def lib_load(model_dir: str, adapter: str | None = None):
     """The 4-bit base model as train_qlora and evaluate load it, with a trained adapter for evaluate."""
-    from finetune import adapters, base_model, params
+    from finetune import adapters, methods, params
 
-    q = params.read("quantization")
-    model = base_model.load_model(model_dir, "main", base_model.quantization_config(q.load_in_4bit, q.quant_type, q.double_quant))
+    model = methods.load_base(model_dir, "main", "qlora", params.read("quantization"), dense=False)
     return adapters.load_adapter(model, adapter) if adapter else model
 
 
@@ -90,17 +89,17 @@ def lib_encode(tokenizer, rows: list[dict]) -> list[dict]:
 
 def lib_train(model, tokenizer, train: list[dict], validation: list[dict], overrides: dict, work: Path,
               callbacks: tuple = ()):
-    """train_adapter with params.yaml's train and lora sections, some train keys overridden."""
+    """train_model with params.yaml's train and lora sections, some train keys overridden."""
     from finetune import params, training
 
     task_train, shared = lib_task().train, params.read("train")
     task_fields = set(type(task_train).model_fields)
     task_train = params.replace(task_train, **{k: v for k, v in overrides.items() if k in task_fields})
     shared = params.replace(shared, **{k: v for k, v in overrides.items() if k not in task_fields})
-    peft_model, result = training.train_adapter(model, tokenizer, train, validation, task_train, shared,
-                                                params.read("lora"), work, callbacks=list(callbacks))
-    training.save_adapter(peft_model, tokenizer, work / "adapter", {"benchmark": True})
-    return peft_model, dataclasses.asdict(result), {**params.as_dict(shared), **params.as_dict(task_train)}
+    trained, result = training.train_model(model, tokenizer, train, validation, task_train, shared,
+                                           params.read("lora"), work, callbacks=list(callbacks))
+    training.save_trained(trained, tokenizer, work / "adapter", {"benchmark": True})
+    return trained.model, dataclasses.asdict(result), {**params.as_dict(shared), **params.as_dict(task_train)}
 
 
 def lib_collate(tokenizer, features: list[dict]) -> dict:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.instacart_lib import DATA, lib_load, lib_prompt, lib_task, lib_tokenizer, read_split
-from finetune import scoring
+from finetune import params, scoring
 from finetune.adapters import lora_config
 from peft import get_peft_model
 
@@ -35,7 +35,7 @@ def main() -> None:
     labels = sorted({r["label"] for r in train})
     tokenizer = lib_tokenizer(args.model)
     model = lib_load(args.model)
-    model = get_peft_model(model, lora_config(model, 16, 32, 0.0, "all-linear"))
+    model = get_peft_model(model, lora_config(model, params.replace(params.read("lora"), r=16, alpha=32, target_modules="all-linear")))
     prompts = [lib_prompt(r["text"]) for r in test]
     answer_prefix = lib_task().prompt.answer_prefix
     scoring.label_scores(model, tokenizer, prompts[:256], labels, answer_prefix, 64)  # warm-up

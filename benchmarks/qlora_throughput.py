@@ -7,7 +7,7 @@ LoRA r=16 alpha=32 on all linear layers, sequence at most 512.
 - seeds:   nf4 + double quantisation, bf16 compute, prepare_model_for_kbit_training with gradient
            checkpointing, LoRA dropout 0.05, paged 8-bit AdamW, every example padded to 512 and the
            loss on every real token (the seed notebooks' SFT on a text field), batch 4 or 8.
-- project: `finetune.training.train_adapter` itself, as the train_qlora stage calls it on a GPU:
+- project: `finetune.training.train_model` itself, as the train_qlora stage calls it on a GPU:
            `finetune.base_model.load_model`, params.yaml's lora and train sections (the batch grows to
            `train.gpu_batch_tokens`, checkpointing by size), dynamic padding with length-grouped
            batches, loss on the answers only. The Trainer is stopped after the timed steps.
@@ -223,15 +223,15 @@ def profile_callback(profile_to: Path, warmup: int, steps: int):
 
 def project_measure(folder: Path, examples: list[dict], steps: int, warmup: int, eager: bool = False,
                     profile_to: Path | None = None) -> dict:
-    """train_adapter on the workload, as train_qlora runs it, stopped after `warmup + steps` steps."""
+    """train_model on the workload, as train_qlora runs it, stopped after `warmup + steps` steps."""
     import tempfile
     from types import SimpleNamespace
 
     from finetune import base_model, params
     from finetune.params import TaskTrainParams
-    from finetune.training import train_adapter
+    from finetune.training import train_model
 
-    # A fresh base model per workload, as train_qlora loads one: train_adapter freezes and wraps it.
+    # A fresh base model per workload, as train_qlora loads one: train_model freezes and wraps it.
     model = base_model.load_model(str(folder), "main", base_model.quantization_config(True, "nf4", True))
     real_tokens = []  # per forward call: the Trainer feeds the model the collator's batches
     model.register_forward_pre_hook(
@@ -244,8 +244,10 @@ def project_measure(folder: Path, examples: list[dict], steps: int, warmup: int,
         train_p = params.replace(train_p, compile=False)
     callbacks = [clock.callback] + ([profile_callback(profile_to, warmup, steps)] if profile_to else [])
     with tempfile.TemporaryDirectory() as work:
-        peft_model, result = train_adapter(model, SimpleNamespace(pad_token_id=0), examples, [], task_train,
-                                           train_p, lora, Path(work), callbacks=callbacks)
+        tokenizer = SimpleNamespace(pad_token_id=0, model_input_names=["input_ids"])  # all the trainer reads of one
+        trained, result = train_model(model, tokenizer, examples, [], task_train, train_p, lora, Path(work),
+                                      callbacks=callbacks)
+        peft_model = trained.model
     seconds, timed = clock.window()
     tokens = sum(real_tokens[warmup:warmup + timed])
     out = figures(result.batch_size, seconds, timed, tokens, None, result.gradient_checkpointing,

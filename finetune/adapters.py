@@ -8,6 +8,7 @@ import torch
 from peft import LoraConfig
 
 from finetune.errors import PipelineError
+from finetune.params import LoraParams
 
 ALL_LINEAR = "all-linear"
 
@@ -36,10 +37,17 @@ def target_modules(model, spec: str | list[str]) -> list[str]:
     return sorted(spec)
 
 
-def lora_config(model, r: int, alpha: int, dropout: float, spec: str | list[str]) -> LoraConfig:
-    """A PEFT LoRA config for causal language modelling."""
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules(model, spec),
-                      bias="none", task_type="CAUSAL_LM")
+# lora.init -> PEFT's init_lora_weights. loftq is applied after the adapter is made (methods.loftq_start):
+# PEFT's own "loftq" init quantizes a full-precision base itself, where this pipeline's base is 4-bit already.
+INITS = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora", "loftq": True}
+REWRITES_BASE = ("pissa", "olora")  # inits that move part of the base weights into the adapter
+
+
+def lora_config(model, lora: LoraParams) -> LoraConfig:
+    """A PEFT LoRA config for causal language modelling, with PEFT's variants as params.yaml sets them."""
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=target_modules(model, lora.target_modules), bias="none", task_type="CAUSAL_LM",
+                      use_dora=lora.use_dora, use_rslora=lora.use_rslora, init_lora_weights=INITS[lora.init])
 
 
 def load_adapter(model, path: str):

@@ -192,14 +192,15 @@ def unquantized_layers(model) -> list[str]:
             if isinstance(module, torch.nn.Linear) and module is not head and not isinstance(module, bnb.nn.Linear4bit)]
 
 
-def load_model(name: str, revision: str, quantization=None):
-    """The base causal LM on this machine's device, in 4-bit if `quantization` is given."""
+def load_model(name: str, revision: str, quantization=None, dtype: torch.dtype | None = None):
+    """The base causal LM on this machine's device, in 4-bit if `quantization` is given, else in `dtype`
+    (default: the compute dtype)."""
     from transformers import AutoModelForCausalLM
 
     try:
         with _plain_linear_layers():
             model = AutoModelForCausalLM.from_pretrained(
-                **_source(name, revision), quantization_config=quantization, dtype=compute_dtype(),
+                **_source(name, revision), quantization_config=quantization, dtype=dtype or compute_dtype(),
                 device_map={"": device()})
     except OSError as e:
         raise _hub_error(name, revision, e) from None
@@ -207,7 +208,7 @@ def load_model(name: str, revision: str, quantization=None):
         missed = unquantized_layers(model)
         if missed:
             raise PipelineError(f"base model '{name}': {len(missed)} linear layers (e.g. {missed[0]}) were not "
-                                f"loaded in 4-bit; set quantization.load_in_4bit to false or report this model type")
+                                f"loaded in 4-bit; set train.method: lora or report this model type")
     model.config.use_cache = False
     _contiguous_head_input(model)
     return model

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import numpy as np
 import pandas as pd
 
@@ -11,6 +9,7 @@ from finetune import baseline, scoring
 from finetune.chat import conversation_prompt_ids, encode_conversation, last_response_only
 from finetune.errors import PipelineError
 from finetune.generation import generate, perplexity
+from finetune.methods import models_side_by_side
 from finetune.metrics import classification_metrics, generation_metrics, rouge_l_per_answer
 from finetune.params import BaselineParams, Task
 from finetune.prompts import render_prompt
@@ -21,11 +20,6 @@ HEADLINE = {
     "classification": ("accuracy", "macro_f1", "weighted_f1", "no_label_rate"),
     "generation": ("bleu", "rouge_l", "perplexity", "distinct_1", "distinct_2", "repeated_sentence_rate"),
 }
-
-
-def adapter_state(peft_model, name: str):
-    """A context in which `peft_model` is the base model (adapter off) or the fine-tuned one."""
-    return peft_model.disable_adapter() if name == "base" else nullcontext()
 
 
 def classify(model, tokenizer, texts: list[str], labels: list[str], task: Task, batch_size: int, name: str,
@@ -52,23 +46,24 @@ def summarise(actual: list[str], predicted: list[str], labels: list[str]) -> dic
     return metrics
 
 
-def evaluate_classification(peft_model, tokenizer, train: pd.DataFrame, test: pd.DataFrame, task: Task,
+def evaluate_classification(trained, load_base, tokenizer, train: pd.DataFrame, test: pd.DataFrame, task: Task,
                             batch_size: int, baseline_params: BaselineParams,
                             memory_gib: float = scoring.DEFAULT_MEMORY_GIB) -> tuple[dict, dict, pd.DataFrame]:
-    """Return {model: metrics} for base, finetuned and classic, per-class details and a predictions table."""
+    """Return {model: metrics} for base, finetuned and classic, per-class details and a predictions table.
+
+    `trained` is an adapter on its base, or a whole model beside which `load_base()` gives the base."""
     labels = sorted(train["label"].unique())
     texts, actual = test["text"].tolist(), test["label"].tolist()
     predicted = {}
-    for name in MODELS:
-        with adapter_state(peft_model, name):
-            predicted[name] = classify(peft_model, tokenizer, texts, labels, task, batch_size, name, memory_gib)
+    for name, model in models_side_by_side(trained, load_base):
+        predicted[name] = classify(model, tokenizer, texts, labels, task, batch_size, name, memory_gib)
     predicted["classic"] = baseline.fit_predict(train["text"].tolist(), train["label"].tolist(), texts, baseline_params)
     predictions = pd.DataFrame({"id": test["id"], "text": texts, "actual": actual, **predicted})
     results = {name: summarise(actual, predictions[name].tolist(), labels) for name in (*MODELS, "classic")}
     return results, {"per_class": {name: m.pop("per_class") for name, m in results.items()}}, predictions
 
 
-def evaluate_generation(peft_model, tokenizer, test: list[dict], task: Task,
+def evaluate_generation(trained, load_base, tokenizer, test: list[dict], task: Task,
                         batch_size: int) -> tuple[dict, dict, pd.DataFrame]:
     """Both models answer every test prompt and every probe; text metrics and the perplexity of the references."""
     prompt, params, max_length = task.prompt, task.evaluate, task.train.max_length
@@ -79,11 +74,10 @@ def evaluate_generation(peft_model, tokenizer, test: list[dict], task: Task,
     prompts = [conversation_prompt_ids(tokenizer, c, prompt.system, prompt.chat_template, max_length) for c in conversations]
     references = [row["messages"][-1]["content"] for row in test]
     results, answers = {}, {}
-    for name in MODELS:
-        with adapter_state(peft_model, name):
-            answers[name] = generate(peft_model, tokenizer, prompts, batch_size, params.max_new_tokens,
-                                     desc=f"{name}: generating", no_repeat_ngram_size=params.no_repeat_ngram_size)
-            ppl = perplexity(peft_model, tokenizer, encoded, batch_size, desc=f"{name}: perplexity")
+    for name, model in models_side_by_side(trained, load_base):
+        answers[name] = generate(model, tokenizer, prompts, batch_size, params.max_new_tokens,
+                                 desc=f"{name}: generating", no_repeat_ngram_size=params.no_repeat_ngram_size)
+        ppl = perplexity(model, tokenizer, encoded, batch_size, desc=f"{name}: perplexity")
         results[name] = {**generation_metrics(answers[name][: len(test)], references), "perplexity": round(ppl, 4)}
     predictions = pd.DataFrame({
         "id": [row["id"] for row in test],

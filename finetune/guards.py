@@ -6,7 +6,8 @@ from __future__ import annotations
 import math
 
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import TrainerCallback
+from trl import SFTTrainer
 
 from finetune.errors import PipelineError
 
@@ -21,8 +22,8 @@ def diverged(what: str, value: float, step: int, what_to_try: str) -> PipelineEr
     return PipelineError(f"training diverged at step {step}: the {what} is {value}; {what_to_try}")
 
 
-class GuardedTrainer(Trainer):
-    """The Trainer, with each micro-batch's loss checked (the Trainer already reads it back every step)."""
+class GuardedTrainer(SFTTrainer):
+    """TRL's SFTTrainer, with each micro-batch's loss checked (the Trainer already reads it back every step)."""
 
     def __init__(self, *args, what_to_try: str, **kwargs):
         super().__init__(*args, **kwargs)

@@ -28,6 +28,8 @@ LABEL_METHODS = Literal["label_scoring", "generation"]
 QUANT_TYPES = Literal["nf4", "fp4"]
 MERGE_INTO = Literal["dequantized", "original"]
 GGUF_TYPES = Literal["f32", "f16", "bf16", "q8_0"]
+METHODS = Literal["qlora", "lora", "full"]
+LORA_INITS = Literal["default", "gaussian", "pissa", "olora", "loftq"]
 
 Count = Annotated[int, Field(ge=1)]             # 1, 2, ...
 Count0 = Annotated[int, Field(ge=0)]            # 0, 1, ...
@@ -177,25 +179,36 @@ class BaseModelParams(Section):
 
 
 class QuantizationParams(Section):
-    """How the frozen base weights are stored during training."""
+    """How the frozen base weights are stored in 4-bit, when train.method is qlora."""
 
-    load_in_4bit: bool
     quant_type: QUANT_TYPES
     double_quant: bool
 
 
 class LoraParams(Section):
-    """The LoRA adapter's shape."""
+    """The LoRA adapter's shape and PEFT's variants of it (train.method qlora or lora)."""
 
     r: Count
     alpha: Count
     dropout: Share
     target_modules: Literal["all-linear"] | Annotated[list[Text], Field(min_length=1)]
+    use_dora: bool
+    use_rslora: bool
+    init: LORA_INITS
+    plus_lr_ratio: Annotated[float, Field(ge=0)]
+
+    @field_validator("plus_lr_ratio")
+    @classmethod
+    def _off_or_a_ratio(cls, value: float) -> float:
+        if 0 < value < 1:
+            raise ValueError("it is 0 (off) or the ratio of B's learning rate to A's, at least 1 (LoRA+ suggests 16)")
+        return value
 
 
 class TrainParams(Section):
     """The optimisation settings shared by every task (the task adds epochs, batch size, rate and length)."""
 
+    method: METHODS
     seed: Count0
     gradient_accumulation: Count
     warmup_ratio: Share
@@ -207,6 +220,7 @@ class TrainParams(Section):
     logging_steps: Count
     checkpoint_minutes: Annotated[float, Field(ge=0)] | Literal["auto"]
     keep_checkpoint: bool
+    padding_free: bool
 
 
 class EvaluateParams(Section):
@@ -260,6 +274,18 @@ class ParamsFile(Section):
     def _task_is_an_entry(self) -> ParamsFile:
         if self.task not in self.tasks:
             raise ValueError(f"task is {self.task!r}; choose one of the entries of tasks: {', '.join(self.tasks)}")
+        return self
+
+    @model_validator(mode="after")
+    def _init_fits_the_method(self) -> ParamsFile:
+        init, method = self.lora.init, self.train.method
+        if init in ("pissa", "olora") and method != "lora":
+            raise ValueError(f"lora.init is {init!r} with train.method {method!r}; {init} rewrites the base weights "
+                             "with the adapter's starting point, which needs a full-precision base: "
+                             "set train.method: lora (for a 4-bit base, lora.init: loftq)")
+        if init == "loftq" and method != "qlora":
+            raise ValueError(f"lora.init is 'loftq' with train.method {method!r}; LoftQ starts the adapter where it "
+                             "makes up for the 4-bit rounding of the base, so it needs train.method: qlora")
         return self
 
 
@@ -325,10 +351,17 @@ def read_all(names: list[str] | tuple[str, ...], path: str | Path = "params.yaml
 
 
 def read_stage(names: tuple[str, ...], path: str | Path = "params.yaml") -> tuple[Task, dict[str, Any]]:
-    """What a stage reads: the chosen task and the shared sections it names. The whole file is checked
-    first, so a bad value anywhere stops the stage before it writes anything."""
+    """What a stage reads: the chosen task and the shared sections it names (or single keys, as `train.method`).
+    The whole file is checked first, so a bad value anywhere stops the stage before it writes anything."""
     checked = validate(load_yaml(path), str(path))
-    return _task(checked, checked.task), {name: getattr(checked, name) for name in names}
+    return _task(checked, checked.task), {name: _value(checked, name) for name in names}
+
+
+def _value(checked: ParamsFile, name: str) -> Any:
+    value = checked
+    for part in name.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def task_as_dict(task: Task, parts: tuple[str, ...]) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""QLoRA training with the transformers Trainer: masked answers, dynamic padding, DVCLive curves, checkpoints, guards."""
+"""Training through TRL's SFTTrainer: QLoRA, LoRA or full fine-tuning, the loss on the answers only, DVCLive curves,
+checkpoints, guards."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ import time
 from pathlib import Path
 
 import torch
-from peft import get_peft_model
-from transformers import ProgressCallback, TrainerCallback, TrainingArguments, set_seed
+from transformers import ProgressCallback, Trainer, TrainerCallback, set_seed
 from transformers.modeling_layers import GradientCheckpointingLayer
+from trl import SFTConfig
 
-from finetune.adapters import lora_config
+from finetune import methods
 from finetune.base_model import device, key_value_heads_repeated
 from finetune.errors import PipelineError
 from finetune.batching import AnswerOnlyCollator, any_length_attention
@@ -21,14 +22,16 @@ from finetune.checkpoints import CheckpointCallback
 from finetune.guards import GradientGuard, GuardedTrainer, advice
 from finetune.files import atomic_path, write_json
 from finetune.chat import encode_conversation
+from finetune.methods import Trainable
 from finetune.params import LoraParams, Task, TaskTrainParams, TrainParams
-from finetune.prompts import answer_ids, check_room, encode_example, render_prompt
+from finetune.prompts import IGNORE_INDEX, answer_ids, check_room, encode_example, render_prompt
 
 
 @dataclasses.dataclass
 class TrainResult:
     """What `metrics/train.json` reports."""
 
+    method: str
     final_loss: float
     validation_loss: float | None
     runtime_s: float
@@ -46,10 +49,15 @@ class TrainResult:
     resumed_from_step: int | None  # a run that resumed a checkpoint: the step it started from
 
 
-def training_arguments(task_train: TaskTrainParams, params: TrainParams, output_dir: str,
-                       has_validation: bool, batch_size: int) -> TrainingArguments:
-    """TrainingArguments for this transformers version (sampler and warmup names changed in 5.x)."""
-    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+def sft_config(task_train: TaskTrainParams, params: TrainParams, output_dir: str, has_validation: bool,
+               batch_size: int) -> SFTConfig:
+    """TRL's SFTConfig with every setting this pipeline depends on set explicitly.
+
+    SFTConfig's own defaults differ from the Trainer's and would change the recipe: bf16 on (~20x
+    slower on CPU), activation checkpointing on (it is switched on on the model itself, by
+    `methods.trainable`, when `train.gradient_checkpointing` asks), learning rate 2e-5, max_length 1024.
+    """
+    fields = {f.name for f in dataclasses.fields(SFTConfig)}
     on_gpu = torch.cuda.is_available()
     kwargs = dict(
         output_dir=output_dir, seed=params.seed, data_seed=params.seed,
@@ -59,15 +67,34 @@ def training_arguments(task_train: TaskTrainParams, params: TrainParams, output_
         weight_decay=params.weight_decay, lr_scheduler_type="cosine",
         logging_steps=params.logging_steps, logging_first_step=True, save_strategy="no", report_to=[],
         eval_strategy="epoch" if has_validation else "no",
-        bf16=on_gpu and torch.cuda.is_bf16_supported(), remove_unused_columns=False,
-        disable_tqdm=False, dataloader_num_workers=0, dataloader_pin_memory=on_gpu,
-    )  # activation checkpointing is switched on on the model itself, by attach_adapter
+        bf16=on_gpu and torch.cuda.is_bf16_supported(), fp16=False, gradient_checkpointing=False,
+        remove_unused_columns=False, disable_tqdm=False, dataloader_num_workers=0, dataloader_pin_memory=on_gpu,
+        # The examples come tokenized and cut to max_length by encode_split (the prompt loses its start, never the
+        # answer); TRL would cut the end, and refuses a max_length with padding-free batches.
+        max_length=None, padding_free=params.padding_free, packing=False,
+        completion_only_loss=True,  # else TRL ignores the completion_mask of padding-free examples
+        assistant_only_loss=False,  # it needs {% generation %} tags SmolLM2's chat template lacks; labels mask instead
+        shuffle_dataset=False,
+    )
     kwargs["warmup_ratio" if "warmup_ratio" in fields else "warmup_steps"] = params.warmup_ratio
     if "train_sampling_strategy" in fields:
         kwargs["train_sampling_strategy"] = "group_by_length"
     else:
         kwargs["group_by_length"] = True
-    return TrainingArguments(**kwargs)
+    return SFTConfig(**kwargs)
+
+
+def as_dataset(examples: list[dict], padding_free: bool):
+    """Encoded examples as TRL takes them: input ids and labels for the answer-only collator, or input ids and a
+    completion mask for TRL's own padding-free collator (TRL builds the labels from it)."""
+    from datasets import Dataset
+
+    if padding_free:
+        rows = [{"input_ids": ex["input_ids"], "completion_mask": [int(lab != IGNORE_INDEX) for lab in ex["labels"]]}
+                for ex in examples]
+    else:
+        rows = [{"input_ids": ex["input_ids"], "labels": ex["labels"]} for ex in examples]
+    return Dataset.from_list(rows)
 
 
 LARGE_MODEL = 1_000_000_000  # parameters from which activation checkpointing pays on a GPU
@@ -135,41 +162,6 @@ def parameter_count(model) -> int:
     return sum(p.numel() * (2 if type(p).__name__ == "Params4bit" else 1) for p in model.parameters())
 
 
-def freeze_base(model, checkpointing: bool) -> None:
-    """Freeze every base weight (in the dtype it has) and switch on activation checkpointing if asked.
-
-    peft's prepare_model_for_kbit_training also casts the frozen embeddings, norms and output head
-    to fp32, which costs memory and teaches them nothing: without it a Falcon-7B shape at batch
-    8 x 512 peaks at 9.41 GiB instead of 10.55 on an H100, at the same step time and loss.
-    """
-    for param in model.parameters():
-        param.requires_grad_(False)
-    if checkpointing:
-        kwargs = {"use_reentrant": False}
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x; the old name is deprecated
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-        model.enable_input_require_grads()
-
-
-def attach_adapter(model, lora: LoraParams, gradient_checkpointing: bool | str):
-    """Freeze a (4-bit) base model and wrap it with a fresh LoRA adapter.
-
-    Returns the model, its adapted module names and whether activations are checkpointed.
-    """
-    config = lora_config(model, lora.r, lora.alpha, lora.dropout, lora.target_modules)
-    checkpointing = wants_checkpointing(gradient_checkpointing, parameter_count(model), torch.cuda.is_available())
-    freeze_base(model, checkpointing)
-    model = get_peft_model(model, config)
-    if not torch.cuda.is_available():
-        # fp32 adapters on CPU: bf16 math there is ~20x slower.
-        for p in model.parameters():
-            if p.requires_grad:
-                p.data = p.data.float()
-    return model, sorted(config.target_modules), checkpointing
-
-
 def peak_memory_gib() -> float:
     """Peak GPU memory allocated, or this process's peak resident memory on CPU."""
     if torch.cuda.is_available():
@@ -178,36 +170,47 @@ def peak_memory_gib() -> float:
     return rss / 2**30 if sys.platform == "darwin" else rss / 2**20
 
 
-def train_adapter(model, tokenizer, train_set: list[dict], validation_set: list[dict], task_train: TaskTrainParams,
-                  params: TrainParams, lora: LoraParams, work_dir: Path, callbacks: list,
-                  saving: CheckpointCallback | None = None, resume_from: tuple[Path, dict] | None = None,
-                  ) -> tuple[object, TrainResult]:
-    """Train a LoRA adapter on encoded examples; returns the PEFT model and its figures.
+class PipelineTrainer(GuardedTrainer):
+    """TRL's SFTTrainer (with the divergence guard), which takes the answer-only collator's batches at their speed.
 
-    `callbacks` may hold functions that make a callback: they are called once the adapter is attached,
-    so that a run refused before it starts (a layer the model lacks) creates no DVCLive folder.
-    With `saving`, checkpoints go to `work_dir`; `resume_from` is one of them and its marker.
-    A non-finite loss or gradient norm, or a SIGTERM, ends training with a PipelineError.
+    SFTTrainer computes the loss through its fused LM head, over every position on CPU. The answer-only
+    collator's batches ask for the logits of the answer positions only (`logits_to_keep`), so their loss
+    is the model's own, as the transformers Trainer computes it: the same numbers, a fraction of the head.
+    """
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if "logits_to_keep" in inputs:
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+def train_model(model, tokenizer, train_set: list[dict], validation_set: list[dict], task_train: TaskTrainParams,
+                params: TrainParams, lora: LoraParams, work_dir: Path, callbacks: list,
+                saving: CheckpointCallback | None = None, resume_from: tuple[Path, dict] | None = None,
+                base_folder: str = "") -> tuple[Trainable, TrainResult]:
+    """Train by `params.method` on encoded examples through TRL's SFTTrainer; returns what trained and its figures.
+
+    `model` is the base as `methods.load_base(..., dense=False)` loads it. `callbacks` may hold
+    functions that make a callback: they are called once the model is ready, so that a run refused
+    before it starts (a layer the model lacks) creates no DVCLive folder. With `saving`, checkpoints go
+    to `work_dir`; `resume_from` is one of them and its marker. `base_folder` is where LoftQ reads the
+    original weights. A non-finite loss or gradient norm, or a SIGTERM, ends training with a PipelineError.
     """
     set_seed(params.seed)
-    model, modules, checkpointing = attach_adapter(model, lora, params.gradient_checkpointing)
+    on_gpu = torch.cuda.is_available()
+    checkpointing = wants_checkpointing(params.gradient_checkpointing, parameter_count(model), on_gpu)
+    trained = methods.trainable(model, params.method, lora, checkpointing, base_folder)
+    model = trained.model
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = parameter_count(model)
-    compiled = wants_compile(params.compile, total, on_gpu=torch.cuda.is_available())
+    compiled = wants_compile(params.compile, total, on_gpu=on_gpu)
     if compiled and not compile_blocks(model):
-        raise PipelineError(f"train.compile: found no decoder blocks to compile in {type(model.get_base_model()).__name__}; "
+        raise PipelineError(f"train.compile: found no decoder blocks to compile in {type(model).__name__}; "
                             "set train.compile: false")
-    collator = AnswerOnlyCollator(tokenizer.pad_token_id)
-    batch_size = device_batch_size(task_train, params, [len(ex["input_ids"]) for ex in train_set],
-                                   on_gpu=torch.cuda.is_available())
-    args = training_arguments(task_train, params, str(work_dir), has_validation=bool(validation_set),
-                              batch_size=batch_size)
-    what_to_try = advice(task_train.learning_rate, params.warmup_ratio)
-    callbacks = [GradientGuard(what_to_try), *(c if isinstance(c, TrainerCallback) else c() for c in callbacks)]
-    trainer = GuardedTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=validation_set or None,
-                             data_collator=collator, callbacks=callbacks + ([saving] if saving else []),
-                             what_to_try=what_to_try)
-    if torch.cuda.is_available():
+    trainer = build_trainer(trained, tokenizer, train_set, validation_set, task_train, params, lora, work_dir,
+                            callbacks + ([saving] if saving else []))
+    batch_size = trainer.args.per_device_train_batch_size
+    if on_gpu:
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     try:
@@ -228,14 +231,45 @@ def train_adapter(model, tokenizer, train_set: list[dict], validation_set: list[
     history = [h for h in trainer.state.log_history if "loss" in h]
     evals = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
     result = TrainResult(
+        method=params.method,
         final_loss=round(float(history[-1]["loss"] if history else output.training_loss), 4),
         validation_loss=round(float(evals[-1]), 4) if evals else None,
         runtime_s=round(runtime, 1), steps=int(output.global_step), trained_tokens=tokens,
         tokens_per_s=round(tokens / runtime, 1), peak_memory_gib=round(peak_memory_gib(), 2),
-        trainable_parameters=int(trainable), total_parameters=int(total), target_modules=modules,
+        trainable_parameters=int(trainable), total_parameters=int(total), target_modules=trained.target_modules,
         batch_size=batch_size, gradient_checkpointing=checkpointing, compiled=compiled,
         device=str(device()), resumed_from_step=resume_from[1]["step"] if resume_from else None)
-    return model, result
+    return trained, result
+
+
+def build_trainer(trained: Trainable, tokenizer, train_set: list[dict], validation_set: list[dict],
+                  task_train: TaskTrainParams, params: TrainParams, lora: LoraParams, work_dir: Path,
+                  callbacks: list) -> PipelineTrainer:
+    """The SFTTrainer for `trained`: the answer-only collator (or TRL's padding-free one), the divergence guards,
+    LoRA+'s optimizer where asked, and the trainable weights back in fp32 after TRL's bf16 cast."""
+    model, on_gpu = trained.model, torch.cuda.is_available()
+    batch_size = device_batch_size(task_train, params, [len(ex["input_ids"]) for ex in train_set], on_gpu=on_gpu)
+    args = sft_config(task_train, params, str(work_dir), has_validation=bool(validation_set), batch_size=batch_size)
+    what_to_try = advice(task_train.learning_rate, params.warmup_ratio)
+    callbacks = [GradientGuard(what_to_try), *(c if isinstance(c, TrainerCallback) else c() for c in callbacks)]
+    optimizer = loraplus_optimizer(model, lora, task_train.learning_rate, params.weight_decay) if (
+        trained.method != "full" and lora.plus_lr_ratio > 0) else None
+    trainer = PipelineTrainer(
+        model=model, args=args, processing_class=tokenizer,
+        train_dataset=as_dataset(train_set, params.padding_free),
+        eval_dataset=as_dataset(validation_set, params.padding_free) if validation_set else None,
+        data_collator=None if params.padding_free else AnswerOnlyCollator(tokenizer.pad_token_id),
+        callbacks=callbacks, optimizers=(optimizer, None), what_to_try=what_to_try)
+    methods.trainable_in_fp32(model)  # SFTTrainer casts a quantized base's LoRA weights to bf16, even on CPU
+    return trainer
+
+
+def loraplus_optimizer(model, lora: LoraParams, learning_rate: float, weight_decay: float):
+    """LoRA+: AdamW with B's learning rate `lora.plus_lr_ratio` times A's (PEFT's optimizer; the schedule scales both)."""
+    from peft.optimizers import create_loraplus_optimizer
+
+    return create_loraplus_optimizer(model, torch.optim.AdamW, lr=learning_rate, loraplus_lr_ratio=lora.plus_lr_ratio,
+                                     weight_decay=weight_decay)
 
 
 def encode_split(tokenizer, rows: list[dict], task: Task) -> list[dict]:
@@ -253,9 +287,10 @@ def encode_split(tokenizer, rows: list[dict], task: Task) -> list[dict]:
     ]
 
 
-def save_adapter(model, tokenizer, dest: str | Path, run_info: dict) -> None:
-    """Write the adapter, its tokenizer and what it was made with (params, hashes, versions), atomically."""
+def save_trained(trained: Trainable, tokenizer, dest: str | Path, run_info: dict) -> None:
+    """Write the adapter (or the whole model), its tokenizer and what it was made with (params, hashes, versions),
+    atomically."""
     with atomic_path(dest) as tmp:
-        model.save_pretrained(tmp)
+        methods.save(trained, tmp)
         tokenizer.save_pretrained(tmp)
         write_json(tmp / "run.json", run_info)

@@ -5,20 +5,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from finetune import base_model, params
-from finetune.adapters import load_adapter
+from finetune import base_model, methods, params
 from finetune.evaluation import confusion_rows, evaluate_classification, evaluate_generation, headline
 from finetune.files import read_jsonl, write_csv, write_json
 from finetune.stage import run
 
-PARAMS = ("base_model", "quantization", "evaluate", "baseline")
+PARAMS = ("base_model", "quantization", "train.method", "evaluate", "baseline")
 TASK_PARTS = ("prompt", "train", "evaluate")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("split_dir", help="input: folder with train.jsonl and test.jsonl")
-    parser.add_argument("adapter_dir", help="input: the adapter from train_qlora")
+    parser.add_argument("adapter_dir", help="input: the adapter (or whole model) from train_qlora")
     parser.add_argument("metrics", help="output: headline metrics per model (metrics JSON)")
     parser.add_argument("details", help="output: per-class scores, or all text metrics and the probe answers")
     parser.add_argument("predictions", help="output: one row per test example (CSV)")
@@ -30,14 +29,13 @@ def main() -> None:
 
     test = read_jsonl(Path(args.split_dir) / "test.jsonl")
     tokenizer = base_model.load_tokenizer(model_p.name, model_p.revision)
-    model = base_model.load_model(model_p.name, model_p.revision,
-                                  base_model.quantization_config(quant.load_in_4bit, quant.quant_type, quant.double_quant))
-    model = load_adapter(base_model.dense_cpu_copy(model), args.adapter_dir)
+    base = lambda: methods.load_base(model_p.name, model_p.revision, p["train.method"], quant)  # noqa: E731
+    model = methods.load_trained(args.adapter_dir, base)
     if task.is_generation:
-        results, details, predictions = evaluate_generation(model, tokenizer, test, task, batch_size)
+        results, details, predictions = evaluate_generation(model, base, tokenizer, test, task, batch_size)
     else:
         train = pd.DataFrame(read_jsonl(Path(args.split_dir) / "train.jsonl"))
-        results, details, predictions = evaluate_classification(model, tokenizer, train, pd.DataFrame(test), task,
+        results, details, predictions = evaluate_classification(model, base, tokenizer, train, pd.DataFrame(test), task,
                                                                 batch_size, p["baseline"], p["evaluate"].memory_gib)
 
     summary = headline(results, task.kind)

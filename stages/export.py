@@ -7,7 +7,7 @@ import pandas as pd
 
 from finetune import base_model, params
 from finetune.deliver import card
-from finetune.deliver.export import compare_merges, copy_adapter, gguf_files
+from finetune.deliver.export import check_whole_model, compare_merges, copy_adapter, gguf_files
 from finetune.deliver.merge import merged_run_info, save_merged
 from finetune.deliver.trained import read_run
 from finetune.files import atomic_path, read_json, read_jsonl, write_json
@@ -46,16 +46,23 @@ def main() -> None:
     tokenizer = base_model.load_tokenizer(str(trained.folder), "main")
     generation = ({"max_new_tokens": task.evaluate.max_new_tokens,
                    "no_repeat_ngram_size": task.evaluate.no_repeat_ngram_size} if task.is_generation else {})
-    merges, model = compare_merges(trained, tokenizer, test, predictions["finetuned"].astype(str).tolist(),
-                                   export.merge_into, batch_size, p["evaluate"].memory_gib, generation)
-    figures = {"enabled": True, "merge": merges, "merged_into": export.merge_into}
+    answers = predictions["finetuned"].astype(str).tolist()
+    if trained.is_whole_model:  # full fine-tuning: nothing to merge
+        merges, model = check_whole_model(trained, tokenizer, test, answers, batch_size, p["evaluate"].memory_gib,
+                                          generation)
+    else:
+        merges, model = compare_merges(trained, tokenizer, test, answers, export.merge_into, batch_size,
+                                       p["evaluate"].memory_gib, generation)
+    merged_into = "none" if trained.is_whole_model else export.merge_into
+    figures = {"enabled": True, "merge": merges, "merged_into": merged_into}
 
     with atomic_path(args.release_dir) as release:
-        copy_adapter(trained.folder, release / "adapter")
-        merged_info = merged_run_info(trained, export.merge_into, model)
+        if not trained.is_whole_model:
+            copy_adapter(trained.folder, release / "adapter")
+        merged_info = merged_run_info(trained, merged_into, model)
         save_merged(model, tokenizer, release / "merged", merged_info)
         figures["gguf"] = gguf_files(release / "merged", release / "gguf", export.gguf)
-        cards = {"adapter": trained.info, "merged": merged_info, **({"gguf": merged_info} if figures["gguf"] else {})}
+        cards = {**({} if trained.is_whole_model else {"adapter": trained.info}), "merged": merged_info, **({"gguf": merged_info} if figures["gguf"] else {})}
         for artifact, info in cards.items():
             card.write_card(release / artifact, card.model_card(info, evaluation, artifact, extra=figures))
     write_json(args.figures, figures)

@@ -1,4 +1,4 @@
-"""train_qlora: fine-tune a LoRA adapter on the 4-bit base model; write the adapter and training metrics.
+"""train_qlora: fine-tune the base model by train.method (QLoRA, LoRA or every weight); write the result and its metrics.
 
 A killed run resumes from its last checkpoint in `checkpoint_dir` on the next `dvc repro` (finetune/checkpoints.py).
 """
@@ -10,12 +10,12 @@ from pathlib import Path
 from dvclive import Live
 from transformers.integrations import DVCLiveCallback
 
-from finetune import base_model, params, provenance
+from finetune import base_model, methods, params, provenance
 from finetune.checkpoints import CheckpointCallback, Checkpoints, run_identity
 from finetune.errors import PipelineError
 from finetune.files import copy_tree, read_jsonl, write_json
 from finetune.stage import run
-from finetune.training import encode_split, save_adapter, train_adapter
+from finetune.training import encode_split, save_trained, train_model
 
 PARAMS = ("base_model", "quantization", "lora", "train")
 TASK_PARTS = ("data", "prompt", "train")  # data: run.json records the input field predict reads
@@ -24,7 +24,8 @@ TASK_PARTS = ("data", "prompt", "train")  # data: run.json records the input fie
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("split_dir", help="input: folder with train.jsonl and validation.jsonl")
-    parser.add_argument("adapter_dir", help="output: the PEFT adapter, tokenizer and run.json")
+    parser.add_argument("adapter_dir", help="output: the PEFT adapter (a whole model for train.method full), tokenizer "
+                                            "and run.json")
     parser.add_argument("metrics", help="output: training metrics JSON")
     parser.add_argument("live_dir", help="output: DVCLive training curves")
     parser.add_argument("checkpoint_dir", help="work folder: checkpoints of an unfinished run (not a DVC output)")
@@ -52,19 +53,18 @@ def main() -> None:
     saving = CheckpointCallback(checkpoints, train_p.checkpoint_minutes, train_p.keep_checkpoint,
                                 trained_s=resume[1]["training_s"] if resume else 0.0)
 
-    model = base_model.load_model(model_p.name, model_p.revision,
-                                  base_model.quantization_config(quant.load_in_4bit, quant.quant_type, quant.double_quant))
-    model = base_model.dense_cpu_copy(model)  # CPU only: the same NF4 weights, dequantized once instead of every step
+    model = methods.load_base(model_p.name, model_p.revision, train_p.method, quant, dense=False)  # dense-copied later
     live = lambda: DVCLiveCallback(live=Live(str(checkpoints.live_dir), dvcyaml=False, save_dvc_exp=False,  # noqa: E731
                                              resume=resume is not None))  # made once the run starts
     try:
-        model, result = train_adapter(model, tokenizer, encoded["train"], encoded["validation"], task.train, train_p,
-                                      p["lora"], checkpoints.folder, callbacks=[live], saving=saving, resume_from=resume)
+        trained, result = train_model(model, tokenizer, encoded["train"], encoded["validation"], task.train, train_p,
+                                      p["lora"], checkpoints.folder, callbacks=[live], saving=saving, resume_from=resume,
+                                      base_folder=model_p.name)
     except PipelineError:
         checkpoints.discard_work()  # a refused or diverged run leaves no curve behind; a checkpoint stays to resume
         raise
 
-    save_adapter(model, tokenizer, args.adapter_dir, {**run_info, "result": dataclasses.asdict(result)})
+    save_trained(trained, tokenizer, args.adapter_dir, {**run_info, "result": dataclasses.asdict(result)})
     copy_tree(checkpoints.live_dir, args.live_dir)
     write_json(args.metrics, dataclasses.asdict(result))
     checkpoints.finish(keep_last=train_p.keep_checkpoint)

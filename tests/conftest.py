@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, FalconConfig, FalconForCausalLM, LlamaConfig, LlamaForCausalLM
 
+from finetune import params
 from finetune.base_model import EMBEDDED_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +38,11 @@ def tiny_falcon(vocab_size: int, seed: int = 0) -> FalconForCausalLM:
                           new_decoder_architecture=False, multi_query=True, parallel_attn=True, bias=False,
                           max_position_embeddings=256)
     return FalconForCausalLM(config).eval()
+
+
+def lora_params(**changes) -> params.LoraParams:
+    """params.yaml's lora section with some values changed (a small adapter for tiny models)."""
+    return params.replace(params.read("lora"), **changes)
 
 
 @pytest.fixture(params=["llama", "falcon"])

@@ -2,7 +2,7 @@ import pytest
 
 from finetune.adapters import lora_config, target_modules
 from finetune.errors import PipelineError
-from tests.conftest import tiny_falcon, tiny_llama
+from tests.conftest import lora_params, tiny_falcon, tiny_llama
 
 
 def test_all_linear_finds_every_llama_projection_but_not_the_head():
@@ -24,6 +24,6 @@ def test_explicit_list_is_checked_against_the_model():
 
 
 def test_lora_config_carries_the_params():
-    config = lora_config(tiny_falcon(vocab_size=128), r=8, alpha=16, dropout=0.1, spec="all-linear")
+    config = lora_config(tiny_falcon(vocab_size=128), lora_params(r=8, alpha=16, dropout=0.1, target_modules="all-linear"))
     assert (config.r, config.lora_alpha, config.lora_dropout) == (8, 16, 0.1)
     assert set(config.target_modules) == {"dense", "dense_4h_to_h", "dense_h_to_4h", "query_key_value"}

@@ -7,7 +7,7 @@ import pytest
 
 from finetune import base_model
 from finetune.errors import PipelineError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, lora_params
 
 
 def test_hub_model_offline_is_a_one_line_error_that_says_what_to_do():
@@ -77,7 +77,7 @@ def _four_bit_and_dense_runs(path, lora_targets="all-linear", after_copy=lambda 
         if dense:
             model = base_model.dense_cpu_copy(model)
             after_copy(model)
-        model = get_peft_model(model, lora_config(model, 4, 8, 0.0, targets))
+        model = get_peft_model(model, lora_config(model, lora_params(r=4, alpha=8, target_modules=targets)))
         torch.manual_seed(1)
         for name, p in sorted(model.named_parameters()):
             if p.requires_grad:  # a non-zero adapter, so that its path counts

@@ -17,9 +17,9 @@ INSTACART_RUN = {
              "train": {"epochs": 1, "batch_size": 16, "learning_rate": 0.001, "max_length": 128}},
     "labels": LABELS,
     "params": {"base_model": {"name": "models/base/smollm2-135m-instruct", "revision": "main"},
-               "quantization": {"load_in_4bit": True, "quant_type": "nf4", "double_quant": True},
+               "quantization": {"quant_type": "nf4", "double_quant": True},
                "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
-               "train": {"seed": 42, "gradient_accumulation": 1, "warmup_ratio": 0.05}},
+               "train": {"method": "qlora", "seed": 42, "gradient_accumulation": 1, "warmup_ratio": 0.05}},
     "base_model": {"name": "models/base/smollm2-135m-instruct", "sha256": "5e1f" * 16},
     "data_sha256": "da7a" * 16,
     "libraries": {"python": "3.11.7", "torch": "2.13.0", "transformers": "5.23.0", "peft": "0.21.2"},
@@ -203,11 +203,11 @@ def _tiny_adapter(tmp_path, tokenizer):
     from peft import get_peft_model
 
     from finetune.adapters import lora_config
-    from tests.conftest import tiny_llama
+    from tests.conftest import lora_params, tiny_llama
 
     base = tiny_llama(len(tokenizer))
     base.save_pretrained(tmp_path / "base")
-    model = get_peft_model(base, lora_config(base, 4, 8, 0.0, "all-linear"))
+    model = get_peft_model(base, lora_config(base, lora_params(r=4, alpha=8, target_modules="all-linear")))
     torch.manual_seed(1)
     for name, p in model.named_parameters():
         if "lora_B" in name:  # PEFT starts B at zero; the adapter must change the scores to count
@@ -239,7 +239,7 @@ def test_the_cards_classification_code_scores_labels_as_evaluate_does(tmp_path, 
         tokenizer.save_pretrained(folder)
     run = copy.deepcopy(INSTACART_RUN)
     run["params"]["base_model"]["name"] = str(tmp_path / "base")
-    run["params"]["quantization"]["load_in_4bit"] = False  # fp32 both ways, so the scores can be compared closely
+    run["params"]["train"]["method"] = "lora"  # fp32 both ways, so the scores can be compared closely
     ns = _run_card_code(card.model_card(run, INSTACART_EVAL, artifact), folder, capsys)
     texts = ["Organic Whole Milk", "Red Wine", "Sourdough Bread"]
     expected = label_scores(ns["model"], ns["tokenizer"], [render_prompt(run["task"]["prompt"]["template"], t) for t in texts],

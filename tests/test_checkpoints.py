@@ -19,7 +19,7 @@ from transformers.integrations import DVCLiveCallback
 from finetune import base_model, params
 from finetune.checkpoints import MARKER, CheckpointCallback, Checkpoints, differences
 from finetune.errors import PipelineError
-from finetune.training import encode_split, train_adapter
+from finetune.training import encode_split, train_model
 from tests.conftest import tiny_llama
 
 LABELS = ["snacks", "dairy eggs", "produce"]
@@ -72,10 +72,10 @@ def train(setup, checkpoint_dir: Path, identity: dict = IDENTITY, extra: list | 
                                 trained_s=resume[1]["training_s"] if resume else 0.0)
     live = lambda: DVCLiveCallback(live=Live(dir=str(checkpoints.live_dir), dvcyaml=False, save_dvc_exp=False,  # noqa: E731
                                              resume=resume is not None))
-    model, result = train_adapter(model, setup.tokenizer, setup.examples, setup.examples[:4], setup.task_train,
+    trained, result = train_model(model, setup.tokenizer, setup.examples, setup.examples[:4], setup.task_train,
                                   setup.train, setup.lora, checkpoints.folder, callbacks=[live, *(extra or [])],
                                   saving=saving, resume_from=resume)
-    adapter = {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
+    adapter = {k: v.detach().clone() for k, v in trained.model.state_dict().items() if "lora_" in k}
     with open(checkpoints.live_dir / "plots/metrics/loss.tsv") as f:
         curve = [(row["step"], row["loss"]) for row in csv.DictReader(f, delimiter="\t")]
     checkpoints.finish(keep_last=keep)

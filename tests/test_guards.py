@@ -10,7 +10,7 @@ import torch
 from finetune import base_model, params
 from finetune.errors import PipelineError
 from finetune.guards import GradientGuard
-from finetune.training import encode_split, train_adapter
+from finetune.training import encode_split, train_model
 from tests.conftest import tiny_llama
 
 
@@ -23,7 +23,7 @@ def test_a_huge_learning_rate_stops_training_with_one_line(tmp_path, tokenizer):
     model = base_model.dense_cpu_copy(base_model.load_model(str(tmp_path / "base"), "main",
                                                             base_model.quantization_config(True, "nf4", True)))
     with pytest.raises(PipelineError) as error:
-        train_adapter(model, tokenizer, examples, [], task_train, params.read("train"),
+        train_model(model, tokenizer, examples, [], task_train, params.read("train"),
                       params.replace(params.read("lora"), r=4, alpha=8), tmp_path / "work", callbacks=[])
     message = str(error.value)
     assert message.startswith("training diverged at step ") and "\n" not in message

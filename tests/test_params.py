@@ -42,7 +42,9 @@ def read_keys(stage: str, task: str) -> set[str]:
     chosen = params.read_task(raw=raw, name=task)
     keys = {"task", f"tasks.{task}.kind"}
     keys |= {f"tasks.{task}.{part}.{field}" for part in module.TASK_PARTS for field in params.as_dict(getattr(chosen, part))}
-    keys |= {f"{name}.{field}" for name in module.PARAMS for field in params.as_dict(params.read(name, raw=raw))}
+    keys |= {f"{name}.{field}" for name in module.PARAMS if "." not in name
+             for field in params.as_dict(params.read(name, raw=raw))}
+    keys |= {name for name in module.PARAMS if "." in name}  # a single key of a section, e.g. train.method
     return keys
 
 

@@ -13,6 +13,7 @@ import yaml
 from huggingface_hub import ModelCard, ModelCardData
 
 from finetune.base_model import EMBEDDED_DIR, EMBEDDED_PACKAGE, is_local
+from finetune.deliver.trained import method_of
 from finetune.errors import PipelineError
 from finetune.files import atomic_path
 
@@ -76,7 +77,8 @@ def _metadata(run_info: dict, artifact: str) -> ModelCardData:
     library, relation, _, _ = ARTIFACTS[artifact]
     base = base_hub_id(params["base_model"]["name"])
     data_id = _hub_dataset(task)
-    tags = ["lora", *(["qlora"] if params["quantization"]["load_in_4bit"] else []),
+    method = method_of(run_info)
+    tags = [*({"qlora": ["lora", "qlora"], "lora": ["lora"]}.get(method, ["full-fine-tuning"])),
             "text-classification" if task["kind"] == "classification" else "text-generation",
             *(["gguf"] if artifact == "gguf" else []), "dvc"]
     # pipeline_tag is how the model is called: a causal LM that writes its label, even when it classifies.
@@ -93,8 +95,8 @@ def _hub_dataset(task: dict) -> str | None:
 def _summary(run_info: dict, artifact: str, base_text: str) -> list[str]:
     task = run_info["task"]
     _, _, noun, what = ARTIFACTS[artifact]
-    four_bit = run_info["params"]["quantization"]["load_in_4bit"]
-    method = "QLoRA (the frozen base in 4-bit)" if four_bit else "LoRA (the frozen base in full precision)"
+    method = {"qlora": "QLoRA (the frozen base in 4-bit)", "lora": "LoRA (the frozen base in full precision)",
+              "full": "full fine-tuning (every weight trained)"}[method_of(run_info)]
     if task["kind"] == "classification":
         job = f"classify text into one of {len(_labels(run_info))} labels"
     else:
@@ -178,14 +180,15 @@ def _loading_code(run_info: dict, artifact: str) -> list[str]:
         imports.append("BatchEncoding")  # the plain format's prompt
     if artifact == "adapter":
         quant = params["quantization"]
+        four_bit = method_of(run_info) == "qlora"
         base_name, revision = params["base_model"]["name"], params["base_model"]["revision"]
         hub_id = base_hub_id(base_name) or base_name
         where = f'"{hub_id}"' + (f', revision="{revision}"' if not is_local(base_name) else "")
         lines += ["from peft import PeftModel",
-                  f"from transformers import {', '.join(imports + (['BitsAndBytesConfig'] if quant['load_in_4bit'] else []))}",
+                  f"from transformers import {', '.join(imports + (['BitsAndBytesConfig'] if four_bit else []))}",
                   "",
                   f'MODEL = "{WHERE}"  # this folder, or the hub id it is published under']
-        if quant["load_in_4bit"]:
+        if four_bit:
             lines += ["quantization = BitsAndBytesConfig(  # the 4-bit base it was trained on",
                       f'    load_in_4bit=True, bnb_4bit_quant_type="{quant["quant_type"]}", '
                       f'bnb_4bit_use_double_quant={quant["double_quant"]})',

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from finetune import base_model
 from finetune.deliver import gguf
 from finetune.deliver.merge import MERGE_INTO, merged_model
 from finetune.deliver.predict import answer_conversations, classify_texts
@@ -52,6 +53,15 @@ def compare_merges(run: TrainedRun, tokenizer, test: list[dict], adapter_answers
         else:
             del model
     return figures, kept
+
+
+def check_whole_model(run: TrainedRun, tokenizer, test: list[dict], answers: list[str], batch_size: int,
+                      memory_gib: float, generation: dict) -> tuple[dict, object]:
+    """Full fine-tuning: the trained folder is the merged model already; it is checked against evaluate the same way."""
+    model = base_model.load_model(str(run.folder), "main").eval()
+    model.config.use_cache = True
+    return {"none": merge_figures(run, model, tokenizer, test, answers, batch_size, memory_gib, generation,
+                                  "none")}, model
 
 
 def copy_adapter(adapter: Path, dest: Path) -> None:

@@ -57,9 +57,26 @@ class TrainedRun:
     def base_revision(self) -> str:
         return self.info["params"]["base_model"]["revision"]
 
+    @property
+    def method(self) -> str:
+        return method_of(self.info)
+
+    @property
+    def is_whole_model(self) -> bool:
+        """Full fine-tuning wrote a whole model, not an adapter."""
+        return self.method == "full"
+
     def quantization(self):
         q = self.info["params"]["quantization"]
-        return base_model.quantization_config(q["load_in_4bit"], q["quant_type"], q["double_quant"])
+        return base_model.quantization_config(self.method == "qlora", q["quant_type"], q["double_quant"])
+
+
+def method_of(run_info: dict) -> str:
+    """qlora, lora or full, as train_qlora recorded it (an adapter from before train.method: by its 4-bit switch)."""
+    params = run_info["params"]
+    if "method" in params.get("train", {}):
+        return params["train"]["method"]
+    return "qlora" if params["quantization"].get("load_in_4bit", True) else "lora"
 
 
 def read_run(folder: str | Path) -> TrainedRun:
@@ -92,7 +109,7 @@ def load_trained(folder: str | Path):
     """The adapter on its base model, or a merged folder as it is, ready for inference; returns (run, model, tokenizer)."""
     run = read_run(folder)
     tokenizer = base_model.load_tokenizer(str(run.folder), "main")  # saved beside the adapter or merged model
-    if "merge" in run.info:  # written by `finetune merge` or the export stage: a plain model, no adapter
+    if "merge" in run.info or run.is_whole_model:  # a merged folder, or full fine-tuning's: a plain model
         model = base_model.load_model(str(run.folder), "main")
     else:
         model = load_adapter(load_base(run), str(run.folder))

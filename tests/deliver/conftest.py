@@ -7,10 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from finetune import base_model
-from finetune.params import LoraParams
-from finetune.training import attach_adapter, save_adapter
-from tests.conftest import tiny_falcon, tiny_llama
+from finetune import base_model, methods
+from finetune.training import save_trained
+from tests.conftest import lora_params, tiny_falcon, tiny_llama
 
 LABELS = ["dairy eggs", "dry goods pasta", "frozen", "produce", "snacks"]
 CLASSIFY = {"name": "instacart", "kind": "classification",
@@ -27,10 +26,11 @@ def make_adapter(folder: Path, tokenizer, arch: str = "llama", kind: str = "clas
     base = folder / "base"
     (tiny_llama if arch == "llama" else tiny_falcon)(vocab_size=len(tokenizer)).save_pretrained(base)
     tokenizer.save_pretrained(base)
-    quantization = {"load_in_4bit": True, "quant_type": "nf4", "double_quant": True}
+    quantization = {"quant_type": "nf4", "double_quant": True}
     model = base_model.dense_cpu_copy(base_model.load_model(str(base), "main",
                                                             base_model.quantization_config(True, "nf4", True)))
-    model, _, _ = attach_adapter(model, LoraParams(r=4, alpha=8, dropout=0.0, target_modules="all-linear"), False)
+    trained = methods.trainable(model, "qlora", lora_params(r=4, alpha=8, target_modules="all-linear"), False, str(base))
+    model = trained.model
     torch.manual_seed(3)
     for name, p in model.named_parameters():
         if "lora_B" in name:  # a trained adapter is not zero: make the merge matter
@@ -38,10 +38,11 @@ def make_adapter(folder: Path, tokenizer, arch: str = "llama", kind: str = "clas
     run_info = {"task": CLASSIFY if kind == "classification" else CHAT,
                 "labels": LABELS if kind == "classification" else None,
                 "params": {"base_model": {"name": str(base), "revision": "main"}, "quantization": quantization,
+                           "train": {"method": "qlora"},
                            "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}},
                 "base_model": base_model.identity(str(base), "main"),
                 "data_sha256": "0" * 64, "libraries": {}, "result": {}}
-    save_adapter(model, tokenizer, folder / "adapter", run_info)
+    save_trained(trained, tokenizer, folder / "adapter", run_info)
     return folder / "adapter"
 
 

@@ -1,0 +1,202 @@
+"""Training methods: what trains and how the base model is held.
+
+qlora: a LoRA adapter on the 4-bit base (dense-copied on CPU, finetune/base_model.py); lora: a LoRA
+adapter on the full-precision base; full: every weight, and the result is a whole model folder.
+Later stages take either result the same way (`load_trained`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from peft import PeftModel, get_peft_model
+
+from finetune import base_model
+from finetune.adapters import REWRITES_BASE, load_adapter, lora_config
+from finetune.errors import PipelineError
+from finetune.params import LoraParams, QuantizationParams
+
+METHODS = ("qlora", "lora", "full")
+
+
+def quantization(method: str, quant: QuantizationParams):
+    """The bitsandbytes config the base loads with: 4-bit for qlora, none otherwise."""
+    return base_model.quantization_config(method == "qlora", quant.quant_type, quant.double_quant)
+
+
+def base_dtype(method: str) -> torch.dtype | None:
+    """Full fine-tuning keeps fp32 master weights (a GPU computes in bf16 under autocast); the others use the compute dtype."""
+    return torch.float32 if method == "full" else None
+
+
+def load_base(name: str, revision: str, method: str, quant: QuantizationParams, dense: bool = True):
+    """The base model as `method` trains and scores it; on CPU a 4-bit base is dense-copied unless not `dense`."""
+    if method not in METHODS:
+        raise PipelineError(f"params.yaml: train.method is {method!r}; use one of {', '.join(METHODS)}")
+    model = base_model.load_model(name, revision, quantization(method, quant), dtype=base_dtype(method))
+    return base_model.dense_cpu_copy(model) if dense else model
+
+
+@dataclasses.dataclass
+class Trainable:
+    """A model ready to train, and what saving it needs."""
+
+    model: object
+    method: str
+    target_modules: list[str]          # the adapted layers; empty for full fine-tuning (every weight trains)
+    initial_adapter: tempfile.TemporaryDirectory | None = None  # PiSSA / OLoRA: the start, to save a plain LoRA
+
+
+def checkpointing_on(model, enabled: bool) -> None:
+    """Recompute activations in the backward pass, non-reentrant (the input needs grad for a frozen embedding)."""
+    if not enabled:
+        return
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x; the old name is deprecated
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    model.enable_input_require_grads()
+
+
+def freeze_base(model, checkpointing: bool) -> None:
+    """Freeze every base weight (in the dtype it has) and switch on activation checkpointing if asked.
+
+    peft's prepare_model_for_kbit_training also casts the frozen embeddings, norms and output head
+    to fp32, which costs memory and teaches them nothing: without it a Falcon-7B shape at batch
+    8 x 512 peaks at 9.41 GiB instead of 10.55 on an H100, at the same step time and loss.
+    """
+    for param in model.parameters():
+        param.requires_grad_(False)
+    checkpointing_on(model, checkpointing)
+
+
+def trainable_in_fp32(model) -> None:
+    """Trainable weights in fp32: AdamW's updates vanish in bf16 weights, and bf16 math is ~20x slower on CPU.
+
+    TRL's SFTTrainer casts LoRA weights to bf16 whenever the base is quantized (even on CPU with
+    bf16=False), so this runs again once the trainer is built.
+    """
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+
+
+def original_weights(folder: str):
+    """A lookup of the base model's weights as its safetensors files hold them (before any 4-bit rounding)."""
+    from safetensors import safe_open
+
+    files = sorted(Path(folder).glob("*.safetensors")) if base_model.is_local(folder) else []
+    if not files:
+        raise PipelineError(f"lora.init loftq reads the base model's original weights from its .safetensors files; "
+                            f"{folder} has none: download the model into a local folder (base_model.name)")
+    index = {}
+    for f in files:
+        with safe_open(f, framework="pt") as st:
+            index.update({key: f for key in st.keys()})
+
+    def weight(name: str) -> torch.Tensor:
+        with safe_open(index[name], framework="pt") as st:
+            return st.get_tensor(name).float()
+    return weight
+
+
+@torch.no_grad()
+def loftq_start(model, base_folder: str) -> int:
+    """Start each LoRA pair where 4-bit base + adapter is closest to the original weight: B A = SVD_r(W - Q(W)) / scale.
+
+    This is LoftQ's one-step initialisation, as PEFT's `replace_lora_weights_loftq` does it, by hand
+    because that one runs on CUDA only and leaves out the adapter's scale (alpha / r). Returns the layers set.
+    """
+    from bitsandbytes.functional import dequantize_4bit
+
+    weight_of, count = original_weights(base_folder), 0
+    for name, module in model.named_modules():
+        if not hasattr(module, "lora_A") or "default" not in module.lora_A:
+            continue
+        base = module.get_base_layer()
+        quantized = (dequantize_4bit(base.weight.data, base.weight.quant_state) if hasattr(base.weight, "quant_state")
+                     else base.weight).float()
+        key = name.removeprefix("base_model.model.") + ".weight"
+        residual = weight_of(key).to(quantized.device) - quantized
+        u, s, vh = torch.linalg.svd(residual, full_matrices=False)
+        r, scale = module.r["default"], module.scaling["default"]
+        root = s[:r].sqrt()
+        module.lora_A["default"].weight.copy_(root[:, None] * vh[:r])
+        module.lora_B["default"].weight.copy_(u[:, :r] * root / scale)
+        count += 1
+    return count
+
+
+def trainable(model, method: str, lora: LoraParams, checkpointing: bool, base_folder: str) -> Trainable:
+    """Make `model` (as `load_base(..., dense=False)` gave it) ready for `method`."""
+    if method == "full":
+        for param in model.parameters():
+            param.requires_grad_(True)
+        checkpointing_on(model, checkpointing)
+        return Trainable(model, method, [])
+    model = base_model.dense_cpu_copy(model)
+    config = lora_config(model, lora)
+    freeze_base(model, checkpointing)
+    model = get_peft_model(model, config)
+    initial = None
+    if lora.init == "loftq":
+        loftq_start(model, base_folder)
+    elif lora.init in REWRITES_BASE:
+        initial = tempfile.TemporaryDirectory(prefix="initial-adapter-")
+        adapter_config = model.peft_config["default"]
+        adapter_config.init_lora_weights, init = True, adapter_config.init_lora_weights  # saved so that loading does not redo it
+        model.save_pretrained(Path(initial.name) / "initial")
+        adapter_config.init_lora_weights = init
+    trainable_in_fp32(model)
+    return Trainable(model, method, sorted(config.target_modules), initial)
+
+
+def save(trained: Trainable, dest: Path) -> None:
+    """Write the adapter, or the whole model for full fine-tuning, into `dest`.
+
+    A PiSSA or OLoRA adapter was trained against a base with its start taken out; PEFT converts it
+    into a plain LoRA adapter (of twice the rank) on the original base, which is what later stages load.
+    """
+    model = trained.model
+    if trained.method == "full":
+        use_cache, model.config.use_cache = model.config.use_cache, True  # off for training; inference wants it on
+        try:
+            model.save_pretrained(dest)  # in the fp32 it trained in
+        finally:
+            model.config.use_cache = use_cache
+        return
+    conversion = str(Path(trained.initial_adapter.name) / "initial") if trained.initial_adapter else None
+    with warnings.catch_warnings():  # PEFT warns "PiSSA/OLoRA changes the base weights ... convert it", while converting
+        warnings.filterwarnings("ignore", message=r".*changes the base weights of the model", category=UserWarning)
+        model.save_pretrained(dest, path_initial_model_for_weight_conversion=conversion)
+
+
+def is_whole_model(folder: str | Path) -> bool:
+    """A full fine-tuning result (a model folder) rather than an adapter."""
+    folder = Path(folder)
+    return (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file()
+
+
+def load_trained(folder: str | Path, load_base_model):
+    """The trained model for inference: a whole model folder as it is, or the adapter on `load_base_model()`."""
+    if is_whole_model(folder):
+        return base_model.load_model(str(folder), "main")
+    return load_adapter(load_base_model(), str(folder))
+
+
+def models_side_by_side(trained, load_base_model):
+    """Yield ("base", model) then ("finetuned", model): an adapter switched off then on, or two models."""
+    if isinstance(trained, PeftModel):
+        with trained.disable_adapter():
+            yield "base", trained
+        yield "finetuned", trained
+    else:
+        base = load_base_model()
+        yield "base", base
+        del base
+        yield "finetuned", trained

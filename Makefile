@@ -23,7 +23,7 @@ $(LLAMA_CPP_SDIST): | $(STAMP)  ## llama.cpp's own GGUF converter ships in this 
 	$(PIP) download --quiet --no-deps --no-binary :all: llama-cpp-python==0.3.36 -d $(dir $@)
 
 $(BASE): $(STAMP)
-	$(BIN)/python -m finetune.base_model
+	$(BIN)/python -m finetune.embedded
 
 repro: setup  ## run the whole pipeline; only what changed reruns
 	PATH="$(abspath $(BIN)):$$PATH" dvc repro

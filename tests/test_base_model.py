@@ -40,12 +40,6 @@ def test_identity_is_a_file_hash_for_local_models_and_id_plus_revision_for_hub_m
         {"name": "meta-llama/Llama-2-7b-hf", "revision": "abc123"}
 
 
-def test_the_embedded_model_is_a_standard_folder():
-    folder = ROOT / base_model.EMBEDDED_DIR
-    assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
-    assert base_model.export_embedded(folder) == folder  # idempotent: nothing to do the second time
-
-
 @pytest.mark.parametrize("build", ["llama", "falcon"])
 def test_every_linear_layer_is_loaded_in_4bit(tmp_path, build):
     """transformers skips Falcon's FalconLinear when quantizing; load_model must not."""

@@ -49,17 +49,3 @@ def export_embedded(dest: Path = EMBEDDED_DIR) -> Path:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return dest
-
-
-def main() -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Export the embedded SmolLM2-135M-Instruct GGUF as a HF model folder.")
-    parser.add_argument("dest", nargs="?", default=str(EMBEDDED_DIR))
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    print(export_embedded(Path(args.dest)))
-
-
-if __name__ == "__main__":
-    main()

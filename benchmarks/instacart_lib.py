@@ -132,7 +132,7 @@ def read_split(name: str, limit: int | None) -> list[dict]:
 
 
 def export(gguf: str, dest: str) -> None:
-    """finetune.base_model.export_embedded, for a GGUF at any path (the library's reads the installed package)."""
+    """finetune.embedded.export_embedded, for a GGUF at any path (the library's reads the installed package)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(gguf)

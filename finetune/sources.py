@@ -23,6 +23,8 @@ CSV_DELIMITERS = ",;\t|"  # what the delimiter of a .csv may be (a .tsv is alway
 SNIFF_CHARS = 64 * 1024  # how much of a CSV csv.Sniffer looks at
 JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
 GUESS_BYTES = 64 * 1024  # how many bytes around an undecodable one charset_normalizer looks at
+# why a file that is there for `dvc repro` may be missing in a queued run
+UNTRACKED = "queued and --temp experiments see only files git or DVC track, so `dvc add` a file of your own under data/raw"
 
 
 def _package_file(package: str, suffix: str, source: str) -> Path:
@@ -90,7 +92,8 @@ def read_table(path: str | Path, encoding: str = "utf-8") -> pd.DataFrame:
     if suffix not in TABLE_SUFFIXES:
         raise PipelineError(f"{path}: unsupported file type '{path.suffix}'; use one of {', '.join(TABLE_SUFFIXES)}")
     if not path.is_file():
-        raise PipelineError(f"{path}: file not found; set the task's data.source to an existing file, 'instacart' or 'chitchat'")
+        raise PipelineError(f"{path}: file not found; set the task's data.source to an existing file, 'instacart' or "
+                            f"'chitchat' ({UNTRACKED})")
     if suffix == ".parquet":  # binary, with no encoding question: pyarrow reads it from the path
         text, empty = None, path.stat().st_size == 0
     else:
@@ -208,6 +211,6 @@ def load_source(source: str, encoding: str = "utf-8") -> tuple[pd.DataFrame, str
         return load_hub_dataset(source[len(HUB_PREFIX):]), source
     if source.endswith(CHITCHAT_FILE):
         if not Path(source).is_file():
-            raise PipelineError(f"{source}: file not found; set the task's data.source to an existing file")
+            raise PipelineError(f"{source}: file not found; set the task's data.source to an existing file ({UNTRACKED})")
         return load_chitchat(Path(source), encoding), source
     return read_table(source, encoding), source

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoTokenizer, FalconConfig, FalconForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from finetune import params
-from finetune.base_model import EMBEDDED_DIR
+from finetune.embedded import EMBEDDED_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 

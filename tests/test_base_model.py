@@ -25,8 +25,9 @@ def test_hub_model_offline_is_a_one_line_error_that_says_what_to_do():
 def test_missing_local_folder_is_a_clear_error(tmp_path):
     with pytest.raises(PipelineError, match="has no tokenizer_config.json"):  # an adapter folder holds a tokenizer only
         base_model.load_tokenizer(str(tmp_path / "models" / "nothing"), "main")
-    with pytest.raises(PipelineError, match="has no config.json"):
+    with pytest.raises(PipelineError, match="has no config.json") as error:
         base_model.load_model(str(tmp_path / "models" / "nothing"), "main")
+    assert "queued and --temp experiments see only files git or DVC track, so `dvc add` a folder" in str(error.value)
 
 
 def test_identity_is_a_file_hash_for_local_models_and_id_plus_revision_for_hub_models(tmp_path):
@@ -38,12 +39,6 @@ def test_identity_is_a_file_hash_for_local_models_and_id_plus_revision_for_hub_m
     assert base_model.identity(str(folder), "main")["sha256"] != first["sha256"]
     assert base_model.identity("meta-llama/Llama-2-7b-hf", "abc123") == \
         {"name": "meta-llama/Llama-2-7b-hf", "revision": "abc123"}
-
-
-def test_the_embedded_model_is_a_standard_folder():
-    folder = ROOT / base_model.EMBEDDED_DIR
-    assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
-    assert base_model.export_embedded(folder) == folder  # idempotent: nothing to do the second time
 
 
 @pytest.mark.parametrize("build", ["llama", "falcon"])

@@ -38,6 +38,8 @@ def declared_keys(stage: str, task: str) -> set[str]:
 def read_keys(stage: str, task: str) -> set[str]:
     """The keys the stage's code actually reads: the task's kind and every field of every part and section it loads."""
     module = importlib.import_module(f"stages.{stage}")
+    if not hasattr(module, "TASK_PARTS"):  # a stage that reads no params at all (base_model)
+        return set()
     raw = params.load_yaml(ROOT / "params.yaml")
     chosen = params.read_task(raw=raw, name=task)
     keys = {"task", f"tasks.{task}.kind"}

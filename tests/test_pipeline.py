@@ -30,13 +30,13 @@ TINY = {
 }
 
 
-def dvc(repo: Path, *args: str) -> str:
+def dvc(repo: Path, *args: str, check: bool = True) -> str:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
            "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com", "DVC_NO_ANALYTICS": "1"}
     cmd = ["dvc", *args] if args[0] != "git" else list(args)
     proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
+    assert proc.returncode == 0 or not check, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout + proc.stderr
 
 
@@ -66,6 +66,7 @@ def make_repo(repo: Path, tokenizer, overrides: dict) -> Path:
     tokenizer.save_pretrained(repo / "models/base/tiny")
     dvc(repo, "git", "init", "-q")
     dvc(repo, "init", "-q")
+    dvc(repo, "add", "models/base/tiny")  # as a user adds a model of their own: queued runs see only what git or DVC track
     dvc(repo, "git", "add", "-A")
     dvc(repo, "git", "commit", "-qm", "pipeline")
     return repo
@@ -77,7 +78,7 @@ def ran_stages(output: str) -> set[str]:
 
 def test_repro_builds_everything_then_nothing(repo):
     first = dvc(repo, "repro")
-    assert ran_stages(first) == {"prepare", "split", "train_qlora", "evaluate", "report", "export"}
+    assert ran_stages(first) == {"base_model", "prepare", "split", "train_qlora", "evaluate", "report", "export"}
     evaluation = json.loads((repo / "metrics/eval.json").read_text())
     assert set(evaluation) == {"base", "finetuned", "classic"}
     for metrics in evaluation.values():
@@ -145,6 +146,68 @@ def test_switching_task_reruns_everything_and_switching_back_gives_the_same_metr
 
     dvc(repo, "exp", "run", "-S", "task=instacart")
     assert (repo / "metrics/eval.json").read_bytes() == classification
+
+
+@pytest.fixture(scope="module")
+def queue_repo(tmp_path_factory, tokenizer) -> Path:
+    """A repo after its first `dvc repro`, committed, as `make repro` leaves a fresh clone (export off: not under test)."""
+    repo = make_repo(tmp_path_factory.mktemp("queue"), tokenizer, {**TINY, "export": {"enabled": False}})
+    dvc(repo, "repro")
+    dvc(repo, "git", "add", "-A")
+    dvc(repo, "git", "commit", "-qm", "first run")
+    return repo
+
+
+QUEUE_STATES = ("Queued", "Running", "Success", "Failed")
+
+
+def queue_status(repo: Path) -> dict[str, str]:
+    """`dvc queue status` as {experiment name: Queued, Running, Success or Failed}."""
+    rows = [line.split() for line in dvc(repo, "queue", "status").splitlines()]
+    return {row[1]: row[-1] for row in rows if len(row) >= 4 and row[0] != "Task" and row[-1] in QUEUE_STATES}
+
+
+def queue_logs(repo: Path, names) -> str:
+    return "\n".join(f"--- dvc queue logs {name}:\n{dvc(repo, 'queue', 'logs', name, check=False)}" for name in names)
+
+
+def experiments(repo: Path) -> dict[str, dict]:
+    """`dvc exp show --json` as {experiment name: its data (params, metrics)}."""
+    found = {}
+    for baseline in json.loads(dvc(repo, "exp", "show", "--json")):
+        for experiment in baseline.get("experiments") or []:
+            for rev in experiment["revs"]:
+                found[rev["name"]] = rev["data"]
+    return found
+
+
+def test_queued_experiments_run_in_a_temporary_copy_and_both_finish(queue_repo):
+    """A queued run sees only what git or DVC track: the base_model stage's output and the dvc-added tiny model."""
+    dvc(queue_repo, "exp", "run", "--queue", "-S", "lora.r=2,4")
+    queued = queue_status(queue_repo)
+    assert len(queued) == 2 and set(queued.values()) == {"Queued"}
+    dvc(queue_repo, "queue", "start")
+    try:
+        deadline = time.monotonic() + 900
+        while (status := queue_status(queue_repo)) and {"Queued", "Running"} & set(status.values()):
+            assert time.monotonic() < deadline, f"the queue did not finish: {status}\n{queue_logs(queue_repo, status)}"
+            time.sleep(5)
+    finally:
+        dvc(queue_repo, "queue", "stop", check=False)
+    assert set(status) == set(queued) and set(status.values()) == {"Success"}, f"{status}\n{queue_logs(queue_repo, status)}"
+    for name in status:  # the base model came from DVC's cache: checked out, not exported again
+        log = dvc(queue_repo, "queue", "logs", name)
+        assert ran_stages(log) == {"train_qlora", "evaluate", "report", "export"}, log
+
+    found = experiments(queue_repo)
+    assert set(status) <= set(found)
+    ranks = {}
+    for name in status:
+        data = found[name]
+        ranks[name] = data["params"]["params.yaml"]["data"]["lora"]["r"]
+        accuracy = data["metrics"]["metrics/eval.json"]["data"]["finetuned"]["accuracy"]
+        assert 0.0 <= accuracy <= 1.0
+    assert sorted(ranks.values()) == [2, 4]
 
 
 # Long enough to be killed part-way (60 steps of the tiny model), a checkpoint at every logging step.

@@ -119,8 +119,9 @@ def test_a_chitchat_file_is_decoded_with_the_declared_encoding(tmp_path):
 
 
 def test_a_missing_file_and_a_parquet_file_still_read(tmp_path):
-    with pytest.raises(PipelineError, match="file not found"):
+    with pytest.raises(PipelineError, match="file not found") as error:
         read_table(tmp_path / "nowhere.csv")
+    assert "queued and --temp experiments see only files git or DVC track, so `dvc add`" in str(error.value)
     path = tmp_path / "items.parquet"
     pd.DataFrame({"product": ["Milk"], "department": ["dairy"]}).to_parquet(path)
     assert read_table(path, encoding="cp1252").to_dict("records") == [{"product": "Milk", "department": "dairy"}]

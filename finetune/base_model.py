@@ -213,8 +213,9 @@ def dequantized(model):
                            "bitsandbytes has repacked its 4-bit weights for bf16 inference")
     for name, module in layers:
         parent, _, child = name.rpartition(".")
-        dense = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
-                                device=module.weight.device, dtype=compute_dtype())
+        # skip_init: its weights are overwritten below, and a random init would draw from the RNG that seeds the adapter
+        dense = torch.nn.utils.skip_init(torch.nn.Linear, module.in_features, module.out_features,
+                                         bias=module.bias is not None, device=module.weight.device, dtype=compute_dtype())
         with torch.no_grad():
             dense.weight.copy_(dequantize_4bit(module.weight.data, module.weight.quant_state).to(compute_dtype()))
             if module.bias is not None:

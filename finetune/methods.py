@@ -76,11 +76,7 @@ def freeze_base(model, checkpointing: bool) -> None:
 
 
 def trainable_in_fp32(model) -> None:
-    """Trainable weights in fp32: AdamW's updates vanish in bf16 weights, and bf16 math is ~20x slower on CPU.
-
-    TRL's SFTTrainer casts LoRA weights to bf16 whenever the base is quantized (even on CPU with
-    bf16=False), so this runs again once the trainer is built.
-    """
+    """Trainable weights in fp32: AdamW's updates vanish in bf16 weights, and bf16 math is ~20x slower on CPU."""
     for p in model.parameters():
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()

@@ -3,6 +3,7 @@ checkpoints, guards."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import resource
 import sys
@@ -246,7 +247,7 @@ def build_trainer(trained: Trainable, tokenizer, train_set: list[dict], validati
                   task_train: TaskTrainParams, params: TrainParams, lora: LoraParams, work_dir: Path,
                   callbacks: list) -> PipelineTrainer:
     """The SFTTrainer for `trained`: the answer-only collator (or TRL's padding-free one), the divergence guards,
-    LoRA+'s optimizer where asked, and the trainable weights back in fp32 after TRL's bf16 cast."""
+    LoRA+'s optimizer where asked, and the trainable weights as they were before TRL's bf16 cast."""
     model, on_gpu = trained.model, torch.cuda.is_available()
     batch_size = device_batch_size(task_train, params, [len(ex["input_ids"]) for ex in train_set], on_gpu=on_gpu)
     args = sft_config(task_train, params, str(work_dir), has_validation=bool(validation_set), batch_size=batch_size)
@@ -254,14 +255,32 @@ def build_trainer(trained: Trainable, tokenizer, train_set: list[dict], validati
     callbacks = [GradientGuard(what_to_try), *(c if isinstance(c, TrainerCallback) else c() for c in callbacks)]
     optimizer = loraplus_optimizer(model, lora, task_train.learning_rate, params.weight_decay) if (
         trained.method != "full" and lora.plus_lr_ratio > 0) else None
-    trainer = PipelineTrainer(
-        model=model, args=args, processing_class=tokenizer,
-        train_dataset=as_dataset(train_set, params.padding_free),
-        eval_dataset=as_dataset(validation_set, params.padding_free) if validation_set else None,
-        data_collator=None if params.padding_free else AnswerOnlyCollator(tokenizer.pad_token_id),
-        callbacks=callbacks, optimizers=(optimizer, None), what_to_try=what_to_try)
-    methods.trainable_in_fp32(model)  # SFTTrainer casts a quantized base's LoRA weights to bf16, even on CPU
+    with weights_kept(model):  # SFTTrainer casts a quantized base's LoRA weights to bf16, even on CPU
+        trainer = PipelineTrainer(
+            model=model, args=args, processing_class=tokenizer,
+            train_dataset=as_dataset(train_set, params.padding_free),
+            eval_dataset=as_dataset(validation_set, params.padding_free) if validation_set else None,
+            data_collator=None if params.padding_free else AnswerOnlyCollator(tokenizer.pad_token_id),
+            callbacks=callbacks, optimizers=(optimizer, None), what_to_try=what_to_try)
     return trainer
+
+
+@contextlib.contextmanager
+def weights_kept(model):
+    """Give the trainable weights back their values and dtype on leaving, as they were on entering.
+
+    TRL's SFTTrainer rounds the LoRA weights of a quantized base to bf16 (no argument avoids it): a cast
+    back to fp32 would keep the rounding, so the adapter would start elsewhere than PEFT put it. Only a
+    quantized model is affected, so only its (adapter-sized) trainable weights are copied.
+    """
+    quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
+    kept = {name: p.data.clone() for name, p in model.named_parameters() if p.requires_grad} if quantized else {}
+    try:
+        yield
+    finally:
+        for name, p in model.named_parameters():
+            if name in kept:
+                p.data = kept[name]
 
 
 def loraplus_optimizer(model, lora: LoraParams, learning_rate: float, weight_decay: float):

@@ -176,3 +176,18 @@ def test_repeated_key_value_heads_compute_falcons_attention_and_are_undone():
         torch.testing.assert_close(grads[name], grad, rtol=1e-5, atol=1e-5 * float(grad.abs().max()))
     with base_model.key_value_heads_repeated(tiny_llama(vocab_size=256)) as changed:
         assert changed == 0
+
+
+def test_dense_cpu_copy_draws_nothing_from_the_random_generator(tmp_path):
+    """The adapter is seeded after the copy (train_model): a copy that drew random numbers would move its init."""
+    import torch
+
+    from tests.conftest import tiny_llama
+
+    tiny_llama(vocab_size=256).save_pretrained(tmp_path)
+    model = base_model.load_model(str(tmp_path), "main", base_model.quantization_config(True, "nf4", True))
+    torch.manual_seed(0)
+    base_model.dense_cpu_copy(model)
+    after_copy = torch.rand(4)
+    torch.manual_seed(0)
+    assert torch.equal(after_copy, torch.rand(4))

@@ -150,8 +150,9 @@ def test_switching_task_reruns_everything_and_switching_back_gives_the_same_metr
 
 @pytest.fixture(scope="module")
 def queue_repo(tmp_path_factory, tokenizer) -> Path:
-    """A repo after its first `dvc repro`, committed, as `make repro` leaves a fresh clone (export off: not under test)."""
-    repo = make_repo(tmp_path_factory.mktemp("queue"), tokenizer, {**TINY, "export": {"enabled": False}})
+    """A repo after its first `dvc repro`, committed, as `make repro` leaves a fresh clone (export on: a whole model's
+    export is under test)."""
+    repo = make_repo(tmp_path_factory.mktemp("queue"), tokenizer, TINY)
     dvc(repo, "repro")
     dvc(repo, "git", "add", "-A")
     dvc(repo, "git", "commit", "-qm", "first run")
@@ -181,9 +182,11 @@ def experiments(repo: Path) -> dict[str, dict]:
     return found
 
 
-def test_queued_experiments_run_in_a_temporary_copy_and_both_finish(queue_repo):
-    """A queued run sees only what git or DVC track: the base_model stage's output and the dvc-added tiny model."""
-    dvc(queue_repo, "exp", "run", "--queue", "-S", "lora.r=2,4")
+def test_a_queued_grid_of_methods_runs_in_temporary_copies_and_both_finish(queue_repo):
+    """A queued run sees only what git or DVC track: the base_model stage's output and the dvc-added tiny model.
+    The grid is two training methods (qlora is the workspace's own): LoRA, and full fine-tuning, whose whole model
+    evaluate and export take as they take an adapter."""
+    dvc(queue_repo, "exp", "run", "--queue", "-S", "train.method=lora,full")
     queued = queue_status(queue_repo)
     assert len(queued) == 2 and set(queued.values()) == {"Queued"}
     dvc(queue_repo, "queue", "start")
@@ -198,16 +201,22 @@ def test_queued_experiments_run_in_a_temporary_copy_and_both_finish(queue_repo):
     for name in status:  # the base model came from DVC's cache: checked out, not exported again
         log = dvc(queue_repo, "queue", "logs", name)
         assert ran_stages(log) == {"train_qlora", "evaluate", "report", "export"}, log
+        assert "merged into none: agreement 1.0" in log or "merged into dequantized" in log, log
 
     found = experiments(queue_repo)
     assert set(status) <= set(found)
-    ranks = {}
+    runs = {}
     for name in status:
         data = found[name]
-        ranks[name] = data["params"]["params.yaml"]["data"]["lora"]["r"]
+        method = data["params"]["params.yaml"]["data"]["train"]["method"]
+        train = data["metrics"]["metrics/train.json"]["data"]
         accuracy = data["metrics"]["metrics/eval.json"]["data"]["finetuned"]["accuracy"]
-        assert 0.0 <= accuracy <= 1.0
-    assert sorted(ranks.values()) == [2, 4]
+        assert 0.0 <= accuracy <= 1.0 and train["method"] == method
+        assert train["runtime_s"] > 0 and train["peak_memory_gib"] > 0
+        runs[method] = train
+    assert sorted(runs) == ["full", "lora"]
+    assert runs["full"]["trainable_parameters"] == runs["full"]["total_parameters"]
+    assert runs["lora"]["trainable_parameters"] < runs["lora"]["total_parameters"] // 10
 
 
 # Long enough to be killed part-way (60 steps of the tiny model), a checkpoint at every logging step.

@@ -28,7 +28,8 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from finetune import base_model, methods, params
 from finetune.batching import AnswerOnlyCollator
 from finetune.files import read_jsonl
-from finetune.training import build_trainer, encode_split
+from finetune.sft import build_trainer
+from finetune.training import encode_split
 
 WARMUP = 3  # steps of each round not counted (allocation, first-batch costs)
 

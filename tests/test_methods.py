@@ -10,7 +10,8 @@ import torch
 from finetune import methods, params
 from finetune.errors import PipelineError
 from finetune.scoring import label_scores
-from finetune.training import encode_split, loraplus_optimizer, save_trained, train_model
+from finetune.sft import loraplus_optimizer
+from finetune.training import encode_split, save_trained, train_model
 from tests.conftest import lora_params, tiny_falcon, tiny_llama
 
 LABELS = ["produce", "snacks", "frozen"]

@@ -1,0 +1,128 @@
+"""TRL's SFTTrainer as this pipeline runs it: the config it sets in full, the examples as TRL takes them, the trainer."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback
+from trl import SFTConfig
+
+from finetune.batching import AnswerOnlyCollator
+from finetune.guards import GradientGuard, GuardedTrainer, advice
+from finetune.methods import Trainable
+from finetune.params import LoraParams, TaskTrainParams, TrainParams
+from finetune.prompts import IGNORE_INDEX
+
+
+def sft_config(task_train: TaskTrainParams, params: TrainParams, output_dir: str, has_validation: bool,
+               batch_size: int) -> SFTConfig:
+    """TRL's SFTConfig with every setting this pipeline depends on set explicitly.
+
+    SFTConfig's own defaults differ from the Trainer's and would change the recipe: bf16 on (~20x
+    slower on CPU), activation checkpointing on (it is switched on on the model itself, by
+    `methods.trainable`, when `train.gradient_checkpointing` asks), learning rate 2e-5, max_length 1024.
+    """
+    fields = {f.name for f in dataclasses.fields(SFTConfig)}
+    on_gpu = torch.cuda.is_available()
+    kwargs = dict(
+        output_dir=output_dir, seed=params.seed, data_seed=params.seed,
+        num_train_epochs=task_train.epochs, per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size * 2,
+        gradient_accumulation_steps=params.gradient_accumulation, learning_rate=task_train.learning_rate,
+        weight_decay=params.weight_decay, lr_scheduler_type="cosine",
+        logging_steps=params.logging_steps, logging_first_step=True, save_strategy="no", report_to=[],
+        eval_strategy="epoch" if has_validation else "no",
+        bf16=on_gpu and torch.cuda.is_bf16_supported(), fp16=False, gradient_checkpointing=False,
+        remove_unused_columns=False, disable_tqdm=False, dataloader_num_workers=0, dataloader_pin_memory=on_gpu,
+        # The examples come tokenized and cut to max_length by encode_split (the prompt loses its start, never the
+        # answer); TRL would cut the end, and refuses a max_length with padding-free batches.
+        max_length=None, padding_free=params.padding_free, packing=False,
+        completion_only_loss=True,  # else TRL ignores the completion_mask of padding-free examples
+        assistant_only_loss=False,  # it needs {% generation %} tags SmolLM2's chat template lacks; labels mask instead
+        shuffle_dataset=False,
+    )
+    kwargs["warmup_ratio" if "warmup_ratio" in fields else "warmup_steps"] = params.warmup_ratio
+    if "train_sampling_strategy" in fields:
+        kwargs["train_sampling_strategy"] = "group_by_length"
+    else:
+        kwargs["group_by_length"] = True
+    return SFTConfig(**kwargs)
+
+
+def as_dataset(examples: list[dict], padding_free: bool):
+    """Encoded examples as TRL takes them: input ids and labels for the answer-only collator, or input ids and a
+    completion mask for TRL's own padding-free collator (TRL builds the labels from it)."""
+    from datasets import Dataset
+
+    if padding_free:
+        rows = [{"input_ids": ex["input_ids"], "completion_mask": [int(lab != IGNORE_INDEX) for lab in ex["labels"]]}
+                for ex in examples]
+    else:
+        rows = [{"input_ids": ex["input_ids"], "labels": ex["labels"]} for ex in examples]
+    return Dataset.from_list(rows)
+
+
+class PipelineTrainer(GuardedTrainer):
+    """TRL's SFTTrainer (with the divergence guard), which takes the answer-only collator's batches at their speed.
+
+    SFTTrainer computes the loss through its fused LM head, over every position on CPU. The answer-only
+    collator's batches ask for the logits of the answer positions only (`logits_to_keep`), so their loss
+    is the model's own, as the transformers Trainer computes it: the same numbers, a fraction of the head.
+    """
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if "logits_to_keep" in inputs:
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+def build_trainer(trained: Trainable, tokenizer, train_set: list[dict], validation_set: list[dict],
+                  task_train: TaskTrainParams, params: TrainParams, lora: LoraParams, work_dir: Path,
+                  callbacks: list, batch_size: int | None = None) -> PipelineTrainer:
+    """The SFTTrainer for `trained`: the answer-only collator (or TRL's padding-free one), the divergence guards,
+    LoRA+'s optimizer where asked, and the trainable weights as they were before TRL's bf16 cast.
+    `batch_size` is examples per device step (default: the task's)."""
+    model = trained.model
+    batch_size = batch_size or task_train.batch_size
+    args = sft_config(task_train, params, str(work_dir), has_validation=bool(validation_set), batch_size=batch_size)
+    what_to_try = advice(task_train.learning_rate, params.warmup_ratio)
+    callbacks = [GradientGuard(what_to_try), *(c if isinstance(c, TrainerCallback) else c() for c in callbacks)]
+    optimizer = loraplus_optimizer(model, lora, task_train.learning_rate, params.weight_decay) if (
+        trained.method != "full" and lora.plus_lr_ratio > 0) else None
+    with weights_kept(model):  # SFTTrainer casts a quantized base's LoRA weights to bf16, even on CPU
+        trainer = PipelineTrainer(
+            model=model, args=args, processing_class=tokenizer,
+            train_dataset=as_dataset(train_set, params.padding_free),
+            eval_dataset=as_dataset(validation_set, params.padding_free) if validation_set else None,
+            data_collator=None if params.padding_free else AnswerOnlyCollator(tokenizer.pad_token_id),
+            callbacks=callbacks, optimizers=(optimizer, None), what_to_try=what_to_try)
+    return trainer
+
+
+@contextlib.contextmanager
+def weights_kept(model):
+    """Give the trainable weights back their values and dtype on leaving, as they were on entering.
+
+    TRL's SFTTrainer rounds the LoRA weights of a quantized base to bf16 (no argument avoids it): a cast
+    back to fp32 would keep the rounding, so the adapter would start elsewhere than PEFT put it. Only a
+    quantized model is affected, so only its (adapter-sized) trainable weights are copied.
+    """
+    quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
+    kept = {name: p.data.clone() for name, p in model.named_parameters() if p.requires_grad} if quantized else {}
+    try:
+        yield
+    finally:
+        for name, p in model.named_parameters():
+            if name in kept:
+                p.data = kept[name]
+
+
+def loraplus_optimizer(model, lora: LoraParams, learning_rate: float, weight_decay: float):
+    """LoRA+: AdamW with B's learning rate `lora.plus_lr_ratio` times A's (PEFT's optimizer; the schedule scales both)."""
+    from peft.optimizers import create_loraplus_optimizer
+
+    return create_loraplus_optimizer(model, torch.optim.AdamW, lr=learning_rate, loraplus_lr_ratio=lora.plus_lr_ratio,
+                                     weight_decay=weight_decay)

@@ -46,26 +46,29 @@ def summarise(actual: list[str], predicted: list[str], labels: list[str]) -> dic
     return metrics
 
 
-def evaluate_classification(trained, load_base, tokenizer, train: pd.DataFrame, test: pd.DataFrame, task: Task,
+def evaluate_classification(trained_folder, load_base, tokenizer, train: pd.DataFrame, test: pd.DataFrame, task: Task,
                             batch_size: int, baseline_params: BaselineParams,
                             memory_gib: float = scoring.DEFAULT_MEMORY_GIB) -> tuple[dict, dict, pd.DataFrame]:
     """Return {model: metrics} for base, finetuned and classic, per-class details and a predictions table.
 
-    `trained` is an adapter on its base, or a whole model beside which `load_base()` gives the base."""
+    `trained_folder` holds an adapter for the base `load_base()` gives, or a whole model."""
     labels = sorted(train["label"].unique())
     texts, actual = test["text"].tolist(), test["label"].tolist()
     predicted = {}
-    for name, model in models_side_by_side(trained, load_base):
+    for name, model in models_side_by_side(trained_folder, load_base):
         predicted[name] = classify(model, tokenizer, texts, labels, task, batch_size, name, memory_gib)
+        del model  # a whole base model is freed before the fine-tuned one loads
     predicted["classic"] = baseline.fit_predict(train["text"].tolist(), train["label"].tolist(), texts, baseline_params)
     predictions = pd.DataFrame({"id": test["id"], "text": texts, "actual": actual, **predicted})
     results = {name: summarise(actual, predictions[name].tolist(), labels) for name in (*MODELS, "classic")}
     return results, {"per_class": {name: m.pop("per_class") for name, m in results.items()}}, predictions
 
 
-def evaluate_generation(trained, load_base, tokenizer, test: list[dict], task: Task,
+def evaluate_generation(trained_folder, load_base, tokenizer, test: list[dict], task: Task,
                         batch_size: int) -> tuple[dict, dict, pd.DataFrame]:
-    """Both models answer every test prompt and every probe; text metrics and the perplexity of the references."""
+    """Both models answer every test prompt and every probe; text metrics and the perplexity of the references.
+
+    `trained_folder` holds an adapter for the base `load_base()` gives, or a whole model."""
     prompt, params, max_length = task.prompt, task.evaluate, task.train.max_length
     encoded = [last_response_only(encode_conversation(tokenizer, row["messages"], prompt.system, prompt.chat_template,
                                                       max_length)) for row in test]
@@ -74,10 +77,11 @@ def evaluate_generation(trained, load_base, tokenizer, test: list[dict], task: T
     prompts = [conversation_prompt_ids(tokenizer, c, prompt.system, prompt.chat_template, max_length) for c in conversations]
     references = [row["messages"][-1]["content"] for row in test]
     results, answers = {}, {}
-    for name, model in models_side_by_side(trained, load_base):
+    for name, model in models_side_by_side(trained_folder, load_base):
         answers[name] = generate(model, tokenizer, prompts, batch_size, params.max_new_tokens,
                                  desc=f"{name}: generating", no_repeat_ngram_size=params.no_repeat_ngram_size)
         ppl = perplexity(model, tokenizer, encoded, batch_size, desc=f"{name}: perplexity")
+        del model  # a whole base model is freed before the fine-tuned one loads
         results[name] = {**generation_metrics(answers[name][: len(test)], references), "perplexity": round(ppl, 4)}
     predictions = pd.DataFrame({
         "id": [row["id"] for row in test],

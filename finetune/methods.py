@@ -2,7 +2,7 @@
 
 qlora: a LoRA adapter on the 4-bit base (dense-copied on CPU, finetune/base_model.py); lora: a LoRA
 adapter on the full-precision base; full: every weight, and the result is a whole model folder.
-Later stages take either result the same way (`load_trained`).
+Later stages take either result the same way (`load_trained`, `models_side_by_side`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from peft import PeftModel, get_peft_model
+from peft import get_peft_model
 
 from finetune import base_model
 from finetune.adapters import REWRITES_BASE, load_adapter, lora_config
@@ -185,14 +185,17 @@ def load_trained(folder: str | Path, load_base_model):
     return load_adapter(load_base_model(), str(folder))
 
 
-def models_side_by_side(trained, load_base_model):
-    """Yield ("base", model) then ("finetuned", model): an adapter switched off then on, or two models."""
-    if isinstance(trained, PeftModel):
-        with trained.disable_adapter():
-            yield "base", trained
-        yield "finetuned", trained
-    else:
+def models_side_by_side(folder: str | Path, load_base_model):
+    """Yield ("base", model) then ("finetuned", model) for the result in `folder`: one base with its adapter
+    switched off then on, or, for a whole model, the base and then the whole model, loaded only once the base
+    is let go (the caller drops its reference before asking for the next), so two never share memory."""
+    if is_whole_model(folder):
         base = load_base_model()
         yield "base", base
         del base
-        yield "finetuned", trained
+        yield "finetuned", load_trained(folder, load_base_model)
+        return
+    trained = load_trained(folder, load_base_model)
+    with trained.disable_adapter():
+        yield "base", trained
+    yield "finetuned", trained

@@ -30,12 +30,11 @@ def main() -> None:
     test = read_jsonl(Path(args.split_dir) / "test.jsonl")
     tokenizer = base_model.load_tokenizer(model_p.name, model_p.revision)
     base = lambda: methods.load_base(model_p.name, model_p.revision, p["train.method"], quant)  # noqa: E731
-    model = methods.load_trained(args.adapter_dir, base)
     if task.is_generation:
-        results, details, predictions = evaluate_generation(model, base, tokenizer, test, task, batch_size)
+        results, details, predictions = evaluate_generation(args.adapter_dir, base, tokenizer, test, task, batch_size)
     else:
         train = pd.DataFrame(read_jsonl(Path(args.split_dir) / "train.jsonl"))
-        results, details, predictions = evaluate_classification(model, base, tokenizer, train, pd.DataFrame(test), task,
+        results, details, predictions = evaluate_classification(args.adapter_dir, base, tokenizer, train, pd.DataFrame(test), task,
                                                                 batch_size, p["baseline"], p["evaluate"].memory_gib)
 
     summary = headline(results, task.kind)

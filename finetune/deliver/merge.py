@@ -25,8 +25,8 @@ def merged_model(run: TrainedRun, into: str):
     if into not in MERGE_INTO:
         raise PipelineError(f"merge into '{into}': use one of {', '.join(MERGE_INTO)}")
     if run.is_whole_model:
-        raise PipelineError(f"{run.folder} is a whole model (train.method: full), not an adapter: there is nothing to "
-                            "merge; load, predict with or convert it as it is")
+        raise PipelineError(f"{run.folder} is a whole model (full fine-tuning's, or merged already), not an adapter: "
+                            "there is nothing to merge; load, predict with or convert it as it is")
     check_base_unchanged(run)
     quantized = into == "dequantized" and run.quantization() is not None
     base = base_model.load_model(run.base_name, run.base_revision, run.quantization() if quantized else None)

@@ -14,6 +14,7 @@ from finetune import base_model
 from finetune.adapters import load_adapter
 from finetune.errors import PipelineError
 from finetune.files import read_json
+from finetune.methods import is_whole_model
 from finetune.params import ChatPromptParams, LabelPromptParams
 
 
@@ -63,8 +64,8 @@ class TrainedRun:
 
     @property
     def is_whole_model(self) -> bool:
-        """Full fine-tuning wrote a whole model, not an adapter."""
-        return self.method == "full"
+        """A whole model folder (full fine-tuning's, or a merge), not an adapter."""
+        return is_whole_model(self.folder)
 
     def quantization(self):
         q = self.info["params"]["quantization"]
@@ -109,7 +110,7 @@ def load_trained(folder: str | Path):
     """The adapter on its base model, or a merged folder as it is, ready for inference; returns (run, model, tokenizer)."""
     run = read_run(folder)
     tokenizer = base_model.load_tokenizer(str(run.folder), "main")  # saved beside the adapter or merged model
-    if "merge" in run.info or run.is_whole_model:  # a merged folder, or full fine-tuning's: a plain model
+    if run.is_whole_model:  # a merged folder, or full fine-tuning's: a plain model
         model = base_model.load_model(str(run.folder), "main")
     else:
         model = load_adapter(load_base(run), str(run.folder))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from pathlib import Path
 
 import torch
@@ -17,7 +18,10 @@ CPU_DENSE_LIMIT_GIB = 4.0  # dequantize a 4-bit model once on CPU when its dense
 
 
 def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """This process's GPU (under accelerate launch, the one of its local rank), or the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
 
 
 def compute_dtype() -> torch.dtype:
@@ -74,16 +78,20 @@ def load_tokenizer(name: str, revision: str):
     return tokenizer
 
 
-def quantization_config(load_in_4bit: bool, quant_type: str, double_quant: bool):
-    """bitsandbytes 4-bit config, or None for full-precision weights."""
+def quantization_config(load_in_4bit: bool, quant_type: str, double_quant: bool, sharded: bool = False):
+    """bitsandbytes 4-bit config, or None for full-precision weights.
+
+    `sharded` (FSDP): the packed 4-bit bytes are stored as the compute dtype, since FSDP shards only floating-point
+    tensors (with the default uint8 storage FSDP-QLoRA trains with a loss of 0 and NaN gradients)."""
     from transformers import BitsAndBytesConfig
 
     if not load_in_4bit:
         return None
     if quant_type not in ("nf4", "fp4"):
         raise PipelineError(f"params.yaml: quantization.quant_type is '{quant_type}'; use nf4 or fp4")
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
-                              bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=compute_dtype())
+    storage = {"bnb_4bit_quant_storage": compute_dtype()} if sharded else {}
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type, bnb_4bit_use_double_quant=double_quant,
+                              bnb_4bit_compute_dtype=compute_dtype(), **storage)
 
 
 @contextlib.contextmanager

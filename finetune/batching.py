@@ -20,6 +20,12 @@ def any_length_attention():
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
+def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices in batches of similar length, shortest first (ties by position): less padding per batch."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    return [order[start: start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 def left_pad(rows: list[list[int]], pad_value: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack rows right-aligned (so every prompt ends at the last column); returns ids and attention mask."""
     width = max(len(r) for r in rows)

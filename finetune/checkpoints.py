@@ -22,6 +22,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from finetune import distributed
 from finetune.files import write_json
 
 log = logging.getLogger(__name__)
@@ -194,7 +195,9 @@ class CheckpointCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         now = time.perf_counter()
         self._step_s, self._step_ended = now - (self._step_ended or self._began), now
-        if self._due(args, state):
+        # Rank 0 decides for every process: a rank that saved or stopped alone would wait for the others forever.
+        due, self.stopped_by_signal = distributed.from_main((self._due(args, state), self.stopped_by_signal))
+        if due:
             control.should_save = True
             self._asked = now
             if self.stopped_by_signal is not None:
@@ -208,6 +211,8 @@ class CheckpointCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         path = Path(args.output_dir) / f"{PREFIX}{state.global_step}"
+        if not distributed.is_main():  # the Trainer wrote its checkpoint from rank 0; the marker and curve come from it
+            return control
         self.checkpoints.complete(path, state.global_step, self.elapsed_s())
         self.saved.append(state.global_step)
         if self.every == "auto":  # the Trainer's writing and ours, timed together

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from finetune.batching import AnswerOnlyCollator, any_length_attention, left_pad
+from finetune import distributed
+from finetune.batching import AnswerOnlyCollator, any_length_attention, left_pad, length_batches
 from finetune.prompts import end_token_id
 
 
@@ -25,19 +26,23 @@ def generate(model, tokenizer, prompts: list[list[int]], batch_size: int, max_ne
     answered (and replaces the progress bar).
     """
     options = {"no_repeat_ngram_size": no_repeat_ngram_size} if no_repeat_ngram_size > 0 else {}
-    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
-    answers: list[str] = [""] * len(prompts)
+    batches = length_batches([len(p) for p in prompts], batch_size)
     model.eval()
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=on_batch is not None):
-        idx = order[start: start + batch_size]
+
+    def answer(idx: list[int]) -> list[str]:
         ids, mask = left_pad([prompts[i] for i in idx], tokenizer.pad_token_id)
         out = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
                              max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
                              eos_token_id=end_token_id(tokenizer), pad_token_id=tokenizer.pad_token_id, **options)
-        for i, row in zip(idx, out[:, ids.shape[1]:]):
-            answers[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
         if on_batch is not None:
             on_batch(len(idx))
+        return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in out[:, ids.shape[1]:]]
+
+    bar = lambda ks: tqdm(ks, desc=desc, unit="batch", disable=on_batch is not None or not distributed.is_main())  # noqa: E731
+    answers: list[str] = [""] * len(prompts)
+    for idx, texts in zip(batches, distributed.map_batches(answer, batches, bar)):
+        for i, text in zip(idx, texts):
+            answers[i] = text
     return answers
 
 
@@ -46,15 +51,20 @@ def generate(model, tokenizer, prompts: list[list[int]], batch_size: int, max_ne
 def perplexity(model, tokenizer, examples: list[dict], batch_size: int, desc: str = "perplexity") -> float:
     """exp(mean negative log-likelihood) over every labelled token of `examples` (encoded, with labels)."""
     collate = AnswerOnlyCollator(tokenizer.pad_token_id)
-    order = sorted(range(len(examples)), key=lambda i: (len(examples[i]["input_ids"]), i))
-    total, count = 0.0, 0
+    batches = length_batches([len(ex["input_ids"]) for ex in examples], batch_size)
     model.eval()
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
-        batch = collate([examples[i] for i in order[start: start + batch_size]])
+
+    def nll_and_count(idx: list[int]) -> tuple[float, int]:
+        batch = collate([examples[i] for i in idx])
         labels = batch.pop("labels").to(model.device)
         logits = model(**{k: v.to(model.device) if torch.is_tensor(v) else v for k, v in batch.items()}).logits
         nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
                               ignore_index=-100, reduction="sum")
-        total += float(nll)
-        count += int((labels[:, 1:] != -100).sum())
+        return float(nll), int((labels[:, 1:] != -100).sum())
+
+    bar = lambda ks: tqdm(ks, desc=desc, unit="batch", disable=not distributed.is_main())  # noqa: E731
+    total, count = 0.0, 0
+    for nll, n in distributed.map_batches(nll_and_count, batches, bar):  # summed in batch order, as one process does
+        total += nll
+        count += n
     return math.exp(total / count)

@@ -23,9 +23,9 @@ from finetune.params import LoraParams, QuantizationParams
 METHODS = ("qlora", "lora", "full")
 
 
-def quantization(method: str, quant: QuantizationParams):
-    """The bitsandbytes config the base loads with: 4-bit for qlora, none otherwise."""
-    return base_model.quantization_config(method == "qlora", quant.quant_type, quant.double_quant)
+def quantization(method: str, quant: QuantizationParams, sharded: bool = False):
+    """The bitsandbytes config the base loads with: 4-bit for qlora (stored for FSDP if `sharded`), none otherwise."""
+    return base_model.quantization_config(method == "qlora", quant.quant_type, quant.double_quant, sharded)
 
 
 def base_dtype(method: str) -> torch.dtype | None:
@@ -33,11 +33,13 @@ def base_dtype(method: str) -> torch.dtype | None:
     return torch.float32 if method == "full" else None
 
 
-def load_base(name: str, revision: str, method: str, quant: QuantizationParams, dense: bool = True):
-    """The base model as `method` trains and scores it; on CPU a 4-bit base is dense-copied unless not `dense`."""
+def load_base(name: str, revision: str, method: str, quant: QuantizationParams, dense: bool = True,
+              sharded: bool = False):
+    """The base model as `method` trains and scores it; on CPU a 4-bit base is dense-copied unless not `dense`.
+    `sharded`: the model is about to be sharded by FSDP."""
     if method not in METHODS:
         raise PipelineError(f"params.yaml: train.method is {method!r}; use one of {', '.join(METHODS)}")
-    model = base_model.load_model(name, revision, quantization(method, quant), dtype=base_dtype(method))
+    model = base_model.load_model(name, revision, quantization(method, quant, sharded), dtype=base_dtype(method))
     return base_model.dense_cpu_copy(model) if dense else model
 
 
@@ -49,6 +51,7 @@ class Trainable:
     method: str
     target_modules: list[str]          # the adapted layers; empty for full fine-tuning (every weight trains)
     initial_adapter: tempfile.TemporaryDirectory | None = None  # PiSSA / OLoRA: the start, to save a plain LoRA
+    state_dict: dict | None = None     # FSDP: the whole state dict gathered from the shards, which saving writes
 
 
 def checkpointing_on(model, enabled: bool) -> None:
@@ -162,14 +165,14 @@ def save(trained: Trainable, dest: Path) -> None:
     if trained.method == "full":
         use_cache, model.config.use_cache = model.config.use_cache, True  # off for training; inference wants it on
         try:
-            model.save_pretrained(dest)  # in the fp32 it trained in
+            model.save_pretrained(dest, state_dict=trained.state_dict)  # in the fp32 it trained in
         finally:
             model.config.use_cache = use_cache
         return
     conversion = str(Path(trained.initial_adapter.name) / "initial") if trained.initial_adapter else None
     with warnings.catch_warnings():  # PEFT warns "PiSSA/OLoRA changes the base weights ... convert it", while converting
         warnings.filterwarnings("ignore", message=r".*changes the base weights of the model", category=UserWarning)
-        model.save_pretrained(dest, path_initial_model_for_weight_conversion=conversion)
+        model.save_pretrained(dest, state_dict=trained.state_dict, path_initial_model_for_weight_conversion=conversion)
 
 
 def is_whole_model(folder: str | Path) -> bool:

@@ -30,6 +30,7 @@ MERGE_INTO = Literal["dequantized", "original"]
 GGUF_TYPES = Literal["f32", "f16", "bf16", "q8_0"]
 METHODS = Literal["qlora", "lora", "full"]
 LORA_INITS = Literal["default", "gaussian", "pissa", "olora", "loftq"]
+STRATEGIES = Literal["ddp", "fsdp"]
 
 Count = Annotated[int, Field(ge=1)]             # 1, 2, ...
 Count0 = Annotated[int, Field(ge=0)]            # 0, 1, ...
@@ -223,6 +224,14 @@ class TrainParams(Section):
     padding_free: bool
 
 
+class DistributedParams(Section):
+    """How many processes train and evaluate (one per GPU), and how training shares the model among them."""
+
+    processes: Count
+    machines: Count
+    strategy: STRATEGIES
+
+
 class EvaluateParams(Section):
     """How evaluation batches its work, for every task."""
 
@@ -265,6 +274,7 @@ class ParamsFile(Section):
     quantization: QuantizationParams
     lora: LoraParams
     train: TrainParams
+    distributed: DistributedParams
     evaluate: EvaluateParams
     export: ExportParams
     baseline: BaselineParams

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from finetune.batching import any_length_attention, left_pad, positions
+from finetune import distributed
+from finetune.batching import any_length_attention, left_pad, length_batches, positions
 from finetune.errors import PipelineError
 from finetune.generation import generate
 from finetune.prompts import answer_ids, end_token_id, prompt_ids
@@ -112,19 +113,24 @@ def label_scores(model, tokenizer, prompts: list[str], labels: list[str], answer
 
     Memory stays near `memory_gib` whatever the number of labels and their length. `on_batch`, if
     given, is told how many prompts each batch scored (and replaces this function's progress bar).
+    Under accelerate launch the processes share the batches and every one gets the whole array.
     """
     label_ids = label_token_ids(tokenizer, labels, answer_prefix)
     encoded = [prompt_ids(tokenizer, p) for p in prompts]
-    order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i]), i))  # less padding per batch
-    scores = np.zeros((len(prompts), len(labels)), dtype=np.float64)
+    batches = length_batches([len(e) for e in encoded], batch_size)
     model.eval()
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=on_batch is not None):
-        idx = order[start: start + batch_size]
+
+    def score(idx: list[int]) -> np.ndarray:
         batch_scores = _score_batch(model, [encoded[i] for i in idx], label_ids, tokenizer.pad_token_id,
                                     memory_gib * 2**30)
-        scores[idx] = batch_scores.double().numpy()
         if on_batch is not None:
             on_batch(len(idx))
+        return batch_scores.double().numpy()
+
+    bar = lambda ks: tqdm(ks, desc=desc, unit="batch", disable=on_batch is not None or not distributed.is_main())  # noqa: E731
+    scores = np.zeros((len(prompts), len(labels)), dtype=np.float64)
+    for idx, batch_scores in zip(batches, distributed.map_batches(score, batches, bar)):
+        scores[idx] = batch_scores
     return scores
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import tempfile
 from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback
 from trl import SFTConfig
 
+from finetune import distributed
 from finetune.batching import AnswerOnlyCollator
 from finetune.guards import GradientGuard, GuardedTrainer, advice
 from finetune.methods import Trainable
@@ -18,12 +20,13 @@ from finetune.prompts import IGNORE_INDEX
 
 
 def sft_config(task_train: TaskTrainParams, params: TrainParams, output_dir: str, has_validation: bool,
-               batch_size: int) -> SFTConfig:
+               batch_size: int, accumulation: int | None = None) -> SFTConfig:
     """TRL's SFTConfig with every setting this pipeline depends on set explicitly.
 
     SFTConfig's own defaults differ from the Trainer's and would change the recipe: bf16 on (~20x
     slower on CPU), activation checkpointing on (it is switched on on the model itself, by
     `methods.trainable`, when `train.gradient_checkpointing` asks), learning rate 2e-5, max_length 1024.
+    `batch_size` and `accumulation` are per process (default accumulation: train.gradient_accumulation).
     """
     fields = {f.name for f in dataclasses.fields(SFTConfig)}
     on_gpu = torch.cuda.is_available()
@@ -31,7 +34,7 @@ def sft_config(task_train: TaskTrainParams, params: TrainParams, output_dir: str
         output_dir=output_dir, seed=params.seed, data_seed=params.seed,
         num_train_epochs=task_train.epochs, per_device_train_batch_size=batch_size,
         per_device_eval_batch_size=batch_size * 2,
-        gradient_accumulation_steps=params.gradient_accumulation, learning_rate=task_train.learning_rate,
+        gradient_accumulation_steps=accumulation or params.gradient_accumulation, learning_rate=task_train.learning_rate,
         weight_decay=params.weight_decay, lr_scheduler_type="cosine",
         logging_steps=params.logging_steps, logging_first_step=True, save_strategy="no", report_to=[],
         eval_strategy="epoch" if has_validation else "no",
@@ -43,6 +46,9 @@ def sft_config(task_train: TaskTrainParams, params: TrainParams, output_dir: str
         completion_only_loss=True,  # else TRL ignores the completion_mask of padding-free examples
         assistant_only_loss=False,  # it needs {% generation %} tags SmolLM2's chat template lacks; labels mask instead
         shuffle_dataset=False,
+        # Every trainable weight takes part in every step, so DDP need not search the graph for unused ones (and
+        # activation checkpointing is non-reentrant, methods.checkpointing_on, which DDP supports).
+        ddp_find_unused_parameters=False,
     )
     kwargs["warmup_ratio" if "warmup_ratio" in fields else "warmup_steps"] = params.warmup_ratio
     if "train_sampling_strategy" in fields:
@@ -66,12 +72,38 @@ def as_dataset(examples: list[dict], padding_free: bool):
 
 
 class PipelineTrainer(GuardedTrainer):
-    """TRL's SFTTrainer (with the divergence guard), which takes the answer-only collator's batches at their speed.
+    """TRL's SFTTrainer (with the divergence guard), which takes the answer-only collator's batches at their speed,
+    and trains the same examples in the same order whatever the number of processes.
 
     SFTTrainer computes the loss through its fused LM head, over every position on CPU. The answer-only
     collator's batches ask for the logits of the answer positions only (`logits_to_keep`), so their loss
     is the model's own, as the transformers Trainer computes it: the same numbers, a fraction of the head.
     """
+
+    def _get_train_sampler(self, train_dataset=None):
+        """Length grouping over the global batch: the Trainer groups by the per-process batch, which would make the
+        order depend on the process count; the processes then take turns at consecutive per-process batches."""
+        if self.args.world_size == 1 or self.args.train_sampling_strategy != "group_by_length":
+            return super()._get_train_sampler(train_dataset)
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps
+                                    * self.args.world_size, dataset=dataset,
+                                    model_input_name=self.processing_class.model_input_names[0])
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        """Every rank's RNG state in the checkpoint, written by rank 0 alone (the Trainer has each rank write its own)."""
+        if self.args.world_size == 1:
+            return super()._save_rng_state(output_dir)
+        with tempfile.TemporaryDirectory(prefix="rng-state-") as own:
+            super()._save_rng_state(own)
+            states = {p.name: p.read_bytes() for p in Path(own).iterdir()}
+        every = distributed.gathered([states])
+        if distributed.is_main():
+            for files in every:
+                for name, data in files.items():
+                    (Path(output_dir) / name).write_bytes(data)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if "logits_to_keep" in inputs:
@@ -81,13 +113,15 @@ class PipelineTrainer(GuardedTrainer):
 
 def build_trainer(trained: Trainable, tokenizer, train_set: list[dict], validation_set: list[dict],
                   task_train: TaskTrainParams, params: TrainParams, lora: LoraParams, work_dir: Path,
-                  callbacks: list, batch_size: int | None = None) -> PipelineTrainer:
+                  callbacks: list, batch_size: int | None = None, accumulation: int | None = None) -> PipelineTrainer:
     """The SFTTrainer for `trained`: the answer-only collator (or TRL's padding-free one), the divergence guards,
     LoRA+'s optimizer where asked, and the trainable weights as they were before TRL's bf16 cast.
-    `batch_size` is examples per device step (default: the task's)."""
+    `batch_size` is examples per process step (default: the task's), `accumulation` steps per update (default:
+    train.gradient_accumulation)."""
     model = trained.model
     batch_size = batch_size or task_train.batch_size
-    args = sft_config(task_train, params, str(work_dir), has_validation=bool(validation_set), batch_size=batch_size)
+    args = sft_config(task_train, params, str(work_dir), has_validation=bool(validation_set), batch_size=batch_size,
+                      accumulation=accumulation)
     what_to_try = advice(task_train.learning_rate, params.warmup_ratio)
     callbacks = [GradientGuard(what_to_try), *(c if isinstance(c, TrainerCallback) else c() for c in callbacks)]
     optimizer = loraplus_optimizer(model, lora, task_train.learning_rate, params.weight_decay) if (

@@ -1,10 +1,11 @@
-"""What every stage script shares: logging, and one-line errors with a non-zero exit."""
+"""What every stage script shares: logging, and one-line errors with a non-zero exit (one line for all processes)."""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Callable
 
 
@@ -19,5 +20,21 @@ def run(main: Callable[[], None]) -> None:
     try:
         main()
     except PipelineError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if not _left_for_the_launcher(str(e)):
+            print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+
+
+ERRORS_ENV = "FINETUNE_RANK_ERRORS"  # set by finetune/distributed.py: where a launched process leaves its error
+
+
+def _left_for_the_launcher(message: str) -> bool:
+    """In a process of a multi-process stage: leave the error for the launching stage, which prints one line for all."""
+    folder = os.environ.get(ERRORS_ENV)
+    if not folder or "LOCAL_RANK" not in os.environ:
+        return False
+    rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+    path = Path(folder) / f"rank-{rank}.txt"
+    path.with_suffix(".tmp").write_text(f"{message} (process {rank} of {world})\n")
+    os.replace(path.with_suffix(".tmp"), path)
+    return True

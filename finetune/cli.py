@@ -1,4 +1,4 @@
-"""finetune: use a trained model: predict over files, chat, merge, export to GGUF, publish.
+"""finetune: use a trained model: predict over files, chat, merge, export to GGUF, publish; report a change for review.
 
 Thin on purpose: it parses the arguments and calls finetune.deliver.
 """
@@ -78,6 +78,15 @@ def publish(args) -> None:
     print(f"publish: {push(args.folder, args.repo_id, private=args.private, token=args.token, revision=args.revision)}")
 
 
+def pr_report(args) -> None:
+    from pathlib import Path
+
+    from finetune.pr_report import build
+
+    images = build(args.base, Path(args.out), args.image_url)
+    print(f"pr-report: {args.out} (images in {images})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="finetune", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -123,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", help="a branch to push to (created if missing)")
     p.add_argument("--token", help="a Hub token (default: `hf auth login`'s, or HF_TOKEN)")
     p.set_defaults(handler=publish)
+
+    p = commands.add_parser("pr-report", help="a Markdown report of this change against a base revision, for review")
+    p.add_argument("--base", default="main", help="the revision compared against (default main; in CI origin/<base>)")
+    p.add_argument("--out", default="pr-report.md", help="the Markdown file; its images go in the folder beside it "
+                   "named after it (default pr-report.md, pr-report/)")
+    p.add_argument("--image-url", help="where the images will be served, for a PR comment (default: relative links)")
+    p.set_defaults(handler=pr_report)
     return parser
 
 

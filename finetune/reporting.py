@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import matplotlib
@@ -46,10 +47,12 @@ def plot_confusion(predictions: pd.DataFrame, column: str, path: Path, title: st
 
 def read_curve(path: Path) -> tuple[list[float], list[float]]:
     """A DVCLive .tsv series as (steps, values); empty if it was not logged."""
-    if not path.is_file():
-        return [], []
-    with open(path, encoding="utf-8") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
+    return curve_from_text(path.read_text(encoding="utf-8")) if path.is_file() else ([], [])
+
+
+def curve_from_text(text: str) -> tuple[list[float], list[float]]:
+    """A DVCLive .tsv series' text as (steps, values)."""
+    rows = list(csv.DictReader(io.StringIO(text), delimiter="\t"))
     value = [k for k in rows[0] if k not in ("step", "timestamp")][0] if rows else None
     return [float(r["step"]) for r in rows], [float(r[value]) for r in rows]
 

@@ -38,7 +38,7 @@ def sft_config(task_train: TaskTrainParams, params: TrainParams, output_dir: str
         weight_decay=params.weight_decay, lr_scheduler_type="cosine",
         logging_steps=params.logging_steps, logging_first_step=True, save_strategy="no", report_to=[],
         eval_strategy="epoch" if has_validation else "no",
-        bf16=on_gpu and torch.cuda.is_bf16_supported(), fp16=False, gradient_checkpointing=False,
+        bf16=on_gpu and torch.cuda.is_bf16_supported(), fp16=False,
         remove_unused_columns=False, disable_tqdm=False, dataloader_num_workers=0, dataloader_pin_memory=on_gpu,
         # The examples come tokenized and cut to max_length by encode_split (the prompt loses its start, never the
         # answer); TRL would cut the end, and refuses a max_length with padding-free batches.
@@ -51,6 +51,8 @@ def sft_config(task_train: TaskTrainParams, params: TrainParams, output_dir: str
         ddp_find_unused_parameters=False,
     )
     kwargs["warmup_ratio" if "warmup_ratio" in fields else "warmup_steps"] = params.warmup_ratio
+    # transformers 5.2x renamed gradient_checkpointing (a deprecated alias now, which warns)
+    kwargs["activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"] = False
     if "train_sampling_strategy" in fields:
         kwargs["train_sampling_strategy"] = "group_by_length"
     else:

@@ -1,11 +1,16 @@
-"""prepare: read the task's source, validate it, drop duplicates; write examples and their counts."""
+"""prepare: read the task's source, validate it, drop duplicates; write examples, their counts and the examples per class.
+
+The counts per class go to a CSV (a bar plot in `dvc plots`), not to the metrics file: `dvc exp show` and
+`dvc metrics diff` then list the few numbers a reviewer compares, not one column per class."""
 
 import argparse
+
+import pandas as pd
 
 from finetune import params
 from finetune.dialogues import build_dialogues
 from finetune.examples import build_examples, class_counts
-from finetune.files import write_json, write_jsonl
+from finetune.files import write_csv, write_json, write_jsonl
 from finetune.sources import load_source
 from finetune.stage import run
 
@@ -16,7 +21,8 @@ TASK_PARTS = ("data",)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("examples", help="output: one JSON example per line")
-    parser.add_argument("counts", help="output: example and class counts (metrics JSON)")
+    parser.add_argument("counts", help="output: example counts (metrics JSON)")
+    parser.add_argument("class_counts", help="output: examples per class (CSV: label, examples; no rows for generation)")
     args = parser.parse_args()
     task, _ = params.read_stage(PARAMS)
     data = task.data
@@ -27,9 +33,10 @@ def main() -> None:
                                             data.drop_labels, data.turns)
     else:
         examples, summary = build_examples(table, origin, data.input_field, data.target_field, data.drop_labels)
-        summary["class_counts"] = class_counts(examples)
+    counts = {} if task.is_generation else class_counts(examples)
     write_jsonl(args.examples, examples.to_dict("records"))
     write_json(args.counts, summary)
+    write_csv(args.class_counts, pd.DataFrame({"label": list(counts), "examples": list(counts.values())}))
     print(f"prepare: {summary['examples']} examples for task {task.name} "
           f"({summary['duplicates_removed']} duplicates removed)")
 

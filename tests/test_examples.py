@@ -25,7 +25,8 @@ def run_prepare(tmp_path, source: str, task: str = "instacart", env: dict | None
     """Run the real prepare stage in `tmp_path` on `task` with its `data.source` set; returns the finished process."""
     write_task_params(tmp_path, source, task, **data)
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "stages.prepare", "out/examples.jsonl", "out/counts.json"],
+    return subprocess.run([sys.executable, "-m", "stages.prepare", "out/examples.jsonl", "out/counts.json",
+                           "out/class_counts.csv"],
                           cwd=tmp_path, env=env, capture_output=True, text=True)
 
 
@@ -83,9 +84,11 @@ def prepare_in_process(tmp_path, monkeypatch, source: str, **data) -> dict:
     """Run prepare's main() in `tmp_path` on the instacart task with `data.source` set; return its counts."""
     write_task_params(tmp_path, source, **data)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["prepare", "out/examples.jsonl", "out/counts.json"])
+    monkeypatch.setattr(sys, "argv", ["prepare", "out/examples.jsonl", "out/counts.json", "out/class_counts.csv"])
     prepare.main()
-    return json.loads((tmp_path / "out" / "counts.json").read_text())
+    counts = json.loads((tmp_path / "out" / "counts.json").read_text())
+    per_class = pd.read_csv(tmp_path / "out" / "class_counts.csv", keep_default_na=False)
+    return {**counts, "per_class": dict(zip(per_class["label"], per_class["examples"].astype(int)))}
 
 
 def test_texts_and_labels_lose_line_breaks_tabs_and_double_spaces_and_are_counted():
@@ -101,7 +104,8 @@ def test_texts_and_labels_lose_line_breaks_tabs_and_double_spaces_and_are_counte
 def test_prepare_writes_the_whitespace_count(tmp_path, monkeypatch):
     (tmp_path / "items.csv").write_bytes(b'\xef\xbb\xbfproduct;department\nMilk;"dairy\neggs"\nPeas;frozen\n')
     counts = prepare_in_process(tmp_path, monkeypatch, "items.csv", input_field="product", target_field="department")
-    assert counts["whitespace_normalised"] == 1 and counts["class_counts"] == {"dairy eggs": 1, "frozen": 1}
+    assert counts["whitespace_normalised"] == 1 and counts["per_class"] == {"dairy eggs": 1, "frozen": 1}
+    assert "class_counts" not in counts  # one column per class would crowd `dvc exp show`: they are a plot
 
 
 @pytest.mark.parametrize("departments, drop_labels, fragment", [

@@ -70,7 +70,7 @@ def test_each_format_runs_prepare_split_train_evaluate(task, tmp_path, monkeypat
     write_params(tmp_path, task, source, tiny_models / arch, overrides)
     monkeypatch.chdir(tmp_path)
 
-    run_stage(prepare, monkeypatch, "data/examples.jsonl", "metrics/data.json")
+    run_stage(prepare, monkeypatch, "data/examples.jsonl", "metrics/data.json", "metrics/class_counts.csv")
     run_stage(split, monkeypatch, "data/examples.jsonl", "data/split", "metrics/split.json")
     run_stage(train_qlora, monkeypatch, "data/split", "models/adapter", "metrics/train.json", "metrics/live",
               "models/checkpoints")
@@ -105,7 +105,7 @@ def test_persona_chat_keeps_a_conversation_in_one_split(tmp_path, monkeypatch, t
     shutil.copy(FIXTURES / "personachat.parquet", tmp_path / "data" / "raw")
     write_params(tmp_path, "persona_chat", "data/raw/personachat.parquet", tiny_models / "llama", {})
     monkeypatch.chdir(tmp_path)
-    run_stage(prepare, monkeypatch, "data/examples.jsonl", "metrics/data.json")
+    run_stage(prepare, monkeypatch, "data/examples.jsonl", "metrics/data.json", "metrics/class_counts.csv")
     run_stage(split, monkeypatch, "data/examples.jsonl", "data/split", "metrics/split.json")
     groups = {name: {r["group"] for r in read_jsonl(f"data/split/{name}.jsonl")} for name in ("train", "validation", "test")}
     assert not groups["train"] & groups["test"] and not groups["train"] & groups["validation"]

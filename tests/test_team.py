@@ -1,0 +1,102 @@
+"""Working as a team, end to end on the tiny pipeline: a DVC remote (a local folder), a git remote (a bare repo),
+`dvc push` / `dvc pull`, `dvc exp push` / `dvc exp pull`, and the CI workflow's script with its PR report."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.test_pipeline import TINY, dvc, make_repo, ran_stages
+from tests.conftest import ROOT
+
+PIPELINE_SCRIPT = ROOT / ".github/scripts/pipeline.sh"
+
+
+@pytest.fixture(scope="module")
+def team(tmp_path_factory, tokenizer) -> dict[str, Path]:
+    """Clone A, after `dvc repro`, committed and pushed to the git remote, its outputs pushed to the DVC remote."""
+    root = tmp_path_factory.mktemp("team")
+    origin, storage = root / "origin.git", root / "dvc-storage"
+    dvc(root, "git", "init", "-q", "--bare", "-b", "main", str(origin))
+    a = make_repo(root / "a", tokenizer, {**TINY, "export": {"enabled": False}})
+    dvc(a, "remote", "add", "-d", "storage", str(storage))  # README: `dvc remote add -d storage <path or s3://...>`
+    dvc(a, "git", "remote", "add", "origin", str(origin))
+    dvc(a, "repro")
+    dvc(a, "git", "add", "-A")
+    dvc(a, "git", "commit", "-qm", "first run, and the DVC remote")
+    dvc(a, "git", "branch", "-M", "main")
+    dvc(a, "git", "push", "-q", "origin", "main")
+    dvc(a, "push")
+    return {"root": root, "origin": origin, "storage": storage, "a": a}
+
+
+def clone(team: dict, name: str, branch: str = "main") -> Path:
+    path = team["root"] / name
+    dvc(team["root"], "git", "clone", "-q", "-b", branch, str(team["origin"]), str(path))
+    return path
+
+
+def test_a_fresh_clone_pulls_instead_of_retraining_and_gets_the_same_report(team):
+    b = clone(team, "b")
+    dvc(b, "pull")
+    output = dvc(b, "repro")
+    assert ran_stages(output) == set(), output
+    for path in ("metrics/report.md", "metrics/eval.json", "models/adapter/adapter_model.safetensors"):
+        assert (b / path).read_bytes() == (team["a"] / path).read_bytes(), path
+
+
+def test_an_experiment_pushed_from_one_clone_is_listed_and_pulled_in_another(team):
+    a = team["a"]
+    dvc(a, "exp", "run", "-n", "rank-4", "-S", "lora.r=4")
+    dvc(a, "exp", "push", "origin", "rank-4")  # its commit to the git remote, its outputs to the DVC remote
+    c = clone(team, "c")
+    assert "rank-4" in dvc(c, "exp", "list", "origin")
+    dvc(c, "exp", "pull", "origin", "rank-4")
+    shown = json.loads(dvc(c, "exp", "show", "--json"))
+    revs = {rev["name"]: rev["data"] for baseline in shown for exp in baseline.get("experiments") or []
+            for rev in exp["revs"]}
+    assert "rank-4" in revs
+    assert revs["rank-4"]["params"]["params.yaml"]["data"]["lora"]["r"] == 4
+    assert "finetuned" in revs["rank-4"]["metrics"]["metrics/eval.json"]["data"]
+    dvc(c, "exp", "apply", "rank-4")  # its outputs come from the DVC remote: nothing to retrain
+    assert json.loads((c / "models/adapter/adapter_config.json").read_text())["r"] == 4
+
+
+def test_the_ci_script_reproduces_a_pull_request_and_writes_its_report(team):
+    """What the workflow runs on a pull request, on a branch that changes lora.r: the base's outputs are in the DVC
+    remote, the branch's are reproduced and pushed, and the report compares the two."""
+    a = team["a"]
+    dvc(a, "git", "checkout", "-q", "-b", "rank-8")
+    params = yaml.safe_load((a / "params.yaml").read_text())
+    params["lora"]["r"] = 8
+    (a / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    dvc(a, "git", "commit", "-qam", "lora.r: 8")
+    dvc(a, "git", "push", "-q", "origin", "rank-8")
+    ci = clone(team, "ci", branch="rank-8")  # as actions/checkout leaves it, with the base branch fetched
+    output = run_script(ci, [str(PIPELINE_SCRIPT), "origin/main", "pr-report.md"])
+    assert "Running stage 'train_qlora'" in output and "Running stage 'prepare'" not in output  # pulled, not rerun
+    report = (ci / "pr-report.md").read_text()
+    assert "## Params changed" in report and re.search(r"\| *lora\.r *\| *16 *\| *8 *\|", report), report
+    assert "## Test metrics" in report and "finetuned.accuracy" in report  # every test metric, changed or not
+    assert re.search(r"\| *metrics/train.json *\| *trainable_parameters *\| *32768 *\| *16384 *\|", report), report
+    assert "![confusion matrices](pr-report/confusion.png)" in report and "![loss curves](pr-report/loss.png)" in report
+    for image in ("confusion.png", "loss.png"):
+        assert (ci / "pr-report" / image).stat().st_size > 10_000
+    d = clone(team, "d", branch="rank-8")  # the branch's results were pushed: a teammate pulls them
+    dvc(d, "pull")
+    assert ran_stages(dvc(d, "repro")) == set()
+
+
+def run_script(repo: Path, cmd: list[str]) -> str:
+    """`cmd` in `repo` with the project's virtual environment first on PATH, as the workflow activates it."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr

@@ -79,6 +79,8 @@ def ran_stages(output: str) -> set[str]:
 def test_repro_builds_everything_then_nothing(repo):
     first = dvc(repo, "repro")
     assert ran_stages(first) == {"base_model", "prepare", "split", "train_qlora", "evaluate", "report", "export"}
+    for notice in ("kernels-community", "is_gradient_checkpointing", "`gradient_checkpointing` is deprecated"):
+        assert notice not in first  # library notices that ask nothing of the user (finetune/__init__.py)
     evaluation = json.loads((repo / "metrics/eval.json").read_text())
     assert set(evaluation) == {"base", "finetuned", "classic"}
     for metrics in evaluation.values():

@@ -89,9 +89,6 @@ def test_the_ci_script_reproduces_a_pull_request_and_writes_its_report(team):
     assert "![confusion matrices](pr-report/confusion.png)" in report and "![loss curves](pr-report/loss.png)" in report
     for image in ("confusion.png", "loss.png"):
         assert (ci / "pr-report" / image).stat().st_size > 10_000
-    d = clone(team, "d", branch="rank-8")  # the branch's results were pushed: a teammate pulls them
-    dvc(d, "pull")
-    assert ran_stages(dvc(d, "repro")) == set()
 
 
 def run_script(repo: Path, cmd: list[str]) -> str:

@@ -19,7 +19,7 @@ import yaml
 from sklearn.metrics import ConfusionMatrixDisplay
 
 from finetune.errors import PipelineError
-from finetune.reporting import PNG_METADATA, cell, curve_from_text, plt
+from finetune.reporting import PNG_METADATA, cell, curve_from_text, plt, save_loss_plot
 
 EVALUATION = "metrics/eval.json"
 PREDICTIONS = "metrics/predictions.csv"
@@ -93,13 +93,7 @@ def plot_losses(curves: list[tuple[str, tuple, tuple, int]], path: Path) -> None
             ax.plot([s * every for s in steps], values, color=colour, label=f"{title}: training")
         if vsteps:
             ax.plot([s * every for s in vsteps], vvalues, "o", color=colour, label=f"{title}: validation")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss on answer tokens")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90, metadata=PNG_METADATA)
-    plt.close(fig)
+    save_loss_plot(fig, ax, path)
 
 
 def probes_table(old: list[dict], new: list[dict], base: str) -> str:

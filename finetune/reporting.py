@@ -65,6 +65,11 @@ def plot_loss(live_dir: Path, path: Path, logging_steps: int) -> None:
         steps, values = read_curve(live_dir / "plots" / "metrics" / name)
         if steps:
             ax.plot([s * logging_steps for s in steps], values, marker=marker, label=label)
+    save_loss_plot(fig, ax, path)
+
+
+def save_loss_plot(fig, ax, path: Path) -> None:
+    """Label a loss plot's axes, save it byte-identically across reruns and close it."""
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss on answer tokens")
     ax.legend()

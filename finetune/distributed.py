@@ -140,9 +140,12 @@ def relaunch(dist: DistributedParams) -> bool:
 def _run_forwarding(cmd: list[str], env: dict, errors: Path) -> int:
     """Run `cmd`, passing its stderr through until a rank has reported an error (the rest is the launcher's traceback).
 
-    SIGTERM and SIGINT are passed on, so that a pre-empted stage still writes its checkpoint.
+    SIGTERM and SIGINT are passed on, so that a pre-empted stage still writes its checkpoint. What was passed through
+    is ended with a newline if it did not end one (a progress bar redraws its line with "\r"), so that the error the
+    caller prints starts a line of its own.
     """
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE)
+    last = [b"\n"]
 
     def forward() -> None:
         fd = proc.stderr.fileno()
@@ -150,6 +153,7 @@ def _run_forwarding(cmd: list[str], env: dict, errors: Path) -> int:
             if not any(errors.iterdir()):
                 sys.stderr.buffer.write(chunk)
                 sys.stderr.buffer.flush()
+                last[0] = chunk[-1:]
 
     reader = threading.Thread(target=forward, daemon=True)
     reader.start()
@@ -161,6 +165,9 @@ def _run_forwarding(cmd: list[str], env: dict, errors: Path) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     reader.join(timeout=5)
+    if last[0] != b"\n":
+        sys.stderr.buffer.write(b"\n")
+        sys.stderr.buffer.flush()
     return code
 
 

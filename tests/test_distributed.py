@@ -74,6 +74,13 @@ def test_more_machines_need_the_main_address_and_this_machines_rank(monkeypatch)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU machine runs FSDP")
+def test_a_progress_bar_left_open_by_the_launched_processes_is_ended_before_the_error_line(tmp_path, capfd):
+    """A rank fails while rank 0 draws a bar ("\\r", no newline): the error printed next starts its own line."""
+    draws_a_bar = [sys.executable, "-c", "import sys; sys.stderr.write('Loading weights:  50%\\r'); sys.exit(1)"]
+    assert distributed._run_forwarding(draws_a_bar, dict(os.environ), tmp_path) == 1
+    assert capfd.readouterr().err == "Loading weights:  50%\r\n"
+
+
 def test_fsdp_without_a_gpu_is_refused_not_run_as_ddp():
     with pytest.raises(PipelineError, match="strategy is fsdp but this machine has no GPU"):
         distributed.check(params.replace(DDP, strategy="fsdp"))

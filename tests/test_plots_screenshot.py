@@ -47,8 +47,8 @@ HAS_BROWSER_AND_NPM = shutil.which("npm") and any(map(shutil.which, CHROMIUM_NAM
 def test_the_tiny_pipeline_plots_render_in_chromium(tmp_path, tokenizer):
     repo = make_repo(tmp_path / "repo", tokenizer, {**TINY, "export": {"enabled": False}})
     dvc(repo, "repro")
-    plots = screenshot(repo, [], tmp_path / "plots.png", "1200,2400")  # raises if a chart is not drawn
-    assert plots == ["Fine-tuned_model__test_split", "Base_model__test_split",
+    plots = screenshot(repo, [], tmp_path / "plots.png", "1200,3000")  # raises if a chart is not drawn
+    assert plots == ["Examples_per_class__prepare_", "Fine-tuned_model__test_split", "Base_model__test_split",
                      "Training_loss__one_point_per_log_", "Learning_rate"]
     not_white = sum(Image.open(tmp_path / "plots.png").convert("L").histogram()[:239])
-    assert not_white > 4 * MIN_INK_PIXELS  # ink for four plots, not a blank page
+    assert not_white > 5 * MIN_INK_PIXELS  # ink for five plots, not a blank page

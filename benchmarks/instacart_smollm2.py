@@ -189,6 +189,8 @@ def seeds_model_cpu(model_dir: str):
 
 PROJECT_CASES = {  # name -> (train param overrides on top of params.yaml, evaluate too); probes time a tenth of an epoch
     "project": ({}, True),
+    "project-padded": ({"padding_free": False}, True),
+    "project-compiled": ({"compile": True}, True),
     "project-b128": ({"batch_size": 128}, True),
     "project-b128-nockpt": ({"batch_size": 128, "gradient_checkpointing": False}, True),
     "probe-b128": ({"batch_size": 128, "epochs": 0.1}, False),

@@ -222,11 +222,33 @@ def profile_callback(profile_to: Path, warmup: int, steps: int):
     return Profile()
 
 
-def project_measure(folder: Path, examples: list[dict], steps: int, warmup: int, eager: bool = False,
+def stand_in_tokenizer():
+    """A tokenizer object for TRL, which refuses anything else: the examples come as ids, it only reads the pad id (0)."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = Tokenizer(models.WordLevel({"<pad>": 0, "<unk>": 1}, unk_token="<unk>"))
+    return PreTrainedTokenizerFast(tokenizer_object=vocab, pad_token="<pad>", unk_token="<unk>", eos_token="<pad>")
+
+
+def counted_tokens(kwargs: dict) -> int:
+    """Real tokens of one forward call: the padded batch's mask, or every token of a packed row (no padding)."""
+    mask = kwargs.get("attention_mask")
+    return int(mask.sum()) if mask is not None and mask.ndim == 2 else int(kwargs["input_ids"].numel())
+
+
+PATH_TRAIN = {  # train settings each project path changes from params.yaml
+    "project": {},
+    "project-eager": {"compile": False},
+    "project-low-memory": {"gradient_checkpointing": True},
+    "project-padded": {"padding_free": False},
+}
+
+
+def project_measure(folder: Path, examples: list[dict], steps: int, warmup: int, path: str = "project",
                     profile_to: Path | None = None) -> dict:
     """train_model on the workload, as train_qlora runs it, stopped after `warmup + steps` steps."""
     import tempfile
-    from types import SimpleNamespace
 
     from finetune import base_model, params
     from finetune.params import TaskTrainParams
@@ -235,17 +257,15 @@ def project_measure(folder: Path, examples: list[dict], steps: int, warmup: int,
     # A fresh base model per workload, as train_qlora loads one: train_model freezes and wraps it.
     model = base_model.load_model(str(folder), "main", base_model.quantization_config(True, "nf4", True))
     real_tokens = []  # per forward call: the Trainer feeds the model the collator's batches
-    model.register_forward_pre_hook(
-        lambda module, args, kwargs: real_tokens.append(int(kwargs["attention_mask"].sum())), with_kwargs=True)
+    model.register_forward_pre_hook(lambda module, args, kwargs: real_tokens.append(counted_tokens(kwargs)),
+                                    with_kwargs=True)
     clock = StepClock(warmup, steps)
     task_train = TaskTrainParams(epochs=1, batch_size=8, learning_rate=2e-4, max_length=SEQUENCE)
     lora = params.replace(params.read("lora"), r=16, alpha=32)
-    train_p = params.read("train")
-    if eager:
-        train_p = params.replace(train_p, compile=False)
+    train_p = params.replace(params.read("train"), **PATH_TRAIN[path])
     callbacks = [clock.callback] + ([profile_callback(profile_to, warmup, steps)] if profile_to else [])
     with tempfile.TemporaryDirectory() as work:
-        tokenizer = SimpleNamespace(pad_token_id=0, model_input_names=["input_ids"])  # all the trainer reads of one
+        tokenizer = stand_in_tokenizer()
         trained, result = train_model(model, tokenizer, examples, [], task_train, train_p, lora, Path(work),
                                       callbacks=callbacks)
         peft_model = trained.model
@@ -253,11 +273,40 @@ def project_measure(folder: Path, examples: list[dict], steps: int, warmup: int,
     tokens = sum(real_tokens[warmup:warmup + timed])
     out = figures(result.batch_size, seconds, timed, tokens, None, result.gradient_checkpointing,
                   loss=result.final_loss, peak_gib=result.peak_memory_gib)
-    out.update(compiled=result.compiled, warmup_steps=warmup, warmup_s=clock.warmup_s(),
+    out.update(compiled=result.compiled, padding_free=result.padding_free, warmup_steps=warmup, warmup_s=clock.warmup_s(),
                step_times=[round(b - a, 3) for a, b in zip(clock.ends, clock.ends[1:])])
     del peft_model, model
     free()
     return out
+
+
+def packing_check(folder: Path, examples: list[dict], n: int = 64) -> dict:
+    """The loss of the same `n` examples in one padded batch and in one packed row, through build_trainer's batches."""
+    import tempfile
+
+    from finetune import base_model, methods, params
+    from finetune.params import TaskTrainParams
+    from finetune.sft import build_trainer
+
+    model = base_model.load_model(str(folder), "main", base_model.quantization_config(True, "nf4", True))
+    lora = params.replace(params.read("lora"), r=16, alpha=32)
+    trained = methods.trainable(model, "qlora", lora, False, "")
+    task_train = TaskTrainParams(epochs=1, batch_size=n, learning_rate=2e-4, max_length=SEQUENCE)
+    tokenizer = stand_in_tokenizer()
+    losses = {}
+    with tempfile.TemporaryDirectory() as work, torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        for padding_free in (False, True):
+            train_p = params.replace(params.read("train"), padding_free=padding_free)
+            trainer = build_trainer(trained, tokenizer, examples[:n], [], task_train, train_p, lora,
+                                    Path(work) / str(padding_free), [], padding_free=padding_free)
+            batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+            losses["packed" if padding_free else "padded"] = float(trainer.compute_loss(trained.model.eval(), batch))
+            if trainer.packed_mask is not None:
+                trainer.packed_mask.remove()
+    del trained, model
+    free()
+    return {"examples": n, **{k: round(v, 5) for k, v in losses.items()},
+            "relative_difference": round(abs(losses["packed"] - losses["padded"]) / losses["padded"], 6)}
 
 
 def figures(batch: int, seconds: float, steps: int, real_tokens: int, padded_tokens: int | None,
@@ -272,7 +321,19 @@ def figures(batch: int, seconds: float, steps: int, real_tokens: int, padded_tok
 def run(args) -> None:
     versions = {name: importlib.metadata.version(name) for name in LIBRARIES}
     profiles = json.loads(Path(args.profiles).read_text())
-    rows = []
+    rows, checks = [], []
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H%M%SZ")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after every case, so that a run cut short keeps what it measured
+        result = {"date": stamp, "machine": torch.cuda.get_device_name(0), "sequence": SEQUENCE,
+                  "matmul_ceiling_tflops": MATMUL_CEILING_TFLOPS, "libraries": versions,
+                  "command": "python3 -m benchmarks.qlora_throughput run " + " ".join(args.argv),
+                  "workloads": {name: describe(profiles[name]) for name in args.workloads if name in profiles},
+                  "cases": rows, "packing_checks": checks}
+        (out / f"qlora_throughput_{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
+
     for shape in args.models:
         folder = Path(args.work) / shape
         n_params = build_checkpoint(shape, folder)
@@ -285,6 +346,7 @@ def run(args) -> None:
                           mfu=round(result["tokens_per_s"] * 4 * n_params / (MATMUL_CEILING_TFLOPS * 1e12), 4))
             rows.append(result)
             print(json.dumps(result), flush=True)
+            save()
 
         if "seeds" in args.paths:
             model = seeds_model(folder)
@@ -301,28 +363,30 @@ def run(args) -> None:
         for path in [p for p in args.paths if p.startswith("project")]:
             for name in args.workloads:
                 prof = Path(args.out) / f"profile_{shape}_{name}_{path}.txt" if args.profile else None
-                record(project_measure(folder, data[name], args.steps, args.warmup,
-                                       eager=path == "project-eager", profile_to=prof), path, name)
-
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H%M%SZ")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    result = {"date": stamp, "machine": torch.cuda.get_device_name(0), "sequence": SEQUENCE,
-              "matmul_ceiling_tflops": MATMUL_CEILING_TFLOPS, "libraries": versions,
-              "command": "python3 -m benchmarks.qlora_throughput run " + " ".join(args.argv),
-              "workloads": {name: describe(profiles[name]) for name in args.workloads if name in profiles},
-              "cases": rows}
-    (out / f"qlora_throughput_{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
+                try:
+                    record(project_measure(folder, data[name], args.steps, args.warmup, path=path, profile_to=prof),
+                           path, name)
+                except Exception as error:  # one failing case does not lose the others
+                    rows.append({"model": shape, "path": path, "workload": name, "error": repr(error)[:500]})
+                    print(json.dumps(rows[-1]), flush=True)
+                    save()
+                    free()
+        if args.packing_check:
+            checks.append({"model": shape, **packing_check(folder, data["instacart"] if "instacart" in data
+                                                          else next(iter(data.values())))})
+            print(json.dumps(checks[-1]), flush=True)
+            save()
+    save()
     print_table(rows)
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'model':10} {'workload':10} {'path':8} {'batch':>5} {'tok/s':>9} {'x seeds':>7} {'peak GiB':>8} {'MFU':>6}")
+    print(f"{'model':10} {'workload':10} {'path':18} {'batch':>5} {'tok/s':>9} {'x seeds':>7} {'peak GiB':>8} {'MFU':>6}")
     for r in rows:
         base = [s for s in rows if s["path"] == "seeds" and s["model"] == r["model"] and s["workload"] == r["workload"]
                 and s.get("batch") == 8 and "tokens_per_s" in s]
         ratio = f"{r['tokens_per_s'] / base[0]['tokens_per_s']:.1f}" if base and "tokens_per_s" in r else "-"
-        print(f"{r['model']:10} {r['workload']:10} {r['path']:8} {r['batch']:>5} {r.get('tokens_per_s', 'OOM'):>9} "
+        print(f"{r['model']:10} {r['workload']:10} {r['path']:18} {r.get('batch', '-'):>5} {r.get('tokens_per_s', 'error'):>9} "
               f"{ratio:>7} {r.get('peak_gib', '-'):>8} {r.get('mfu', '-'):>6}")
 
 
@@ -337,8 +401,11 @@ def main() -> None:
     p = sub.add_parser("run", help="measure (on the GPU machine)")
     p.add_argument("--models", nargs="+", default=["llama-7b", "falcon-7b"])
     p.add_argument("--workloads", nargs="+", default=["instacart", "dialogue", "full512"])
-    p.add_argument("--paths", nargs="+", default=["seeds", "project"], choices=["seeds", "project", "project-eager"],
-                   help="project-eager: the project path with train.compile off")
+    p.add_argument("--paths", nargs="+", default=["seeds", "project"], choices=["seeds", *PATH_TRAIN],
+                   help="project-eager: train.compile off; project-low-memory: train.gradient_checkpointing true; "
+                        "project-padded: train.padding_free false")
+    p.add_argument("--packing-check", action="store_true",
+                   help="the loss of the same examples packed and padded, on the model in 4-bit (bf16 compute)")
     p.add_argument("--profile", action="store_true", help="write a torch.profiler table of 3 timed project steps")
     p.add_argument("--seeds-batches", nargs="+", type=int, default=[8])
     p.add_argument("--steps", type=int, default=8)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from finetune.errors import PipelineError
 from finetune.prompts import IGNORE_INDEX
 
 
@@ -18,6 +19,51 @@ def any_length_attention():
     the same kernels as before.
     """
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
+PACKING_PAYS = 2.0  # longest example over the mean length from which padding-free batches pay on a GPU
+
+
+def wants_padding_free(setting: bool | str, lengths: list[int], on_gpu: bool, batch_tokens: int) -> bool:
+    """`auto` packs a batch's examples into one row (TRL's padding-free batches) on a GPU, when the examples are short
+    beside the longest: a batch padded to its longest example holds `batch_tokens` / longest examples, a packed one
+    `batch_tokens` / mean, so from a longest example twice the mean a step holds twice the examples or more.
+
+    Off on CPU, where one packed row trains slower than a padded batch (README "Training through TRL"), and for
+    examples of one length, where there is no padding to save and attention over the packed row costs more.
+    """
+    if setting == "auto":
+        return bool(on_gpu and batch_tokens > 0 and lengths and max(lengths) >= PACKING_PAYS * sum(lengths) / len(lengths))
+    if isinstance(setting, bool):
+        return setting
+    raise PipelineError(f"params.yaml: train.padding_free is {setting!r}; expected true, false or auto")
+
+
+def packed_attention_mask(position_ids: torch.Tensor) -> torch.Tensor:
+    """(batch, 1, T, T) booleans for rows of packed examples (positions restart at 0 with each): a token attends to the
+    tokens before it in its own example only."""
+    example = (position_ids == 0).cumsum(-1)
+    length = position_ids.shape[-1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=position_ids.device).tril()
+    return ((example[:, :, None] == example[:, None, :]) & causal)[:, None]
+
+
+def attention_kept_inside_packed_examples(model):
+    """Give `model` the attention mask of its packed rows whenever it is called with position ids and no mask.
+
+    transformers builds that mask from the position ids by itself only in models that pass them to their mask
+    (Llama does; Falcon's `create_causal_mask` call leaves them out, so its packed examples would attend to each
+    other). A 4-D mask is taken as it is by every model. Returns the hook's handle (`.remove()` ends it).
+    """
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+
+    def add_mask(module, args, kwargs):
+        position_ids = kwargs.get("position_ids")
+        if position_ids is not None and kwargs.get("attention_mask") is None and kwargs.get("past_key_values") is None:
+            kwargs["attention_mask"] = packed_attention_mask(position_ids)
+        return args, kwargs
+
+    return inner.register_forward_pre_hook(add_mask, with_kwargs=True)
 
 
 def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:

@@ -221,7 +221,7 @@ class TrainParams(Section):
     logging_steps: Count
     checkpoint_minutes: Annotated[float, Field(ge=0)] | Literal["auto"]
     keep_checkpoint: bool
-    padding_free: bool
+    padding_free: Switch
 
 
 class DistributedParams(Section):

@@ -12,7 +12,7 @@ from transformers import Trainer, TrainerCallback
 from trl import SFTConfig
 
 from finetune import distributed
-from finetune.batching import AnswerOnlyCollator
+from finetune.batching import AnswerOnlyCollator, attention_kept_inside_packed_examples, wants_padding_free
 from finetune.guards import GradientGuard, GuardedTrainer, advice
 from finetune.methods import Trainable
 from finetune.params import LoraParams, TaskTrainParams, TrainParams
@@ -20,13 +20,15 @@ from finetune.prompts import IGNORE_INDEX
 
 
 def sft_config(task_train: TaskTrainParams, params: TrainParams, output_dir: str, has_validation: bool,
-               batch_size: int, accumulation: int | None = None) -> SFTConfig:
+               batch_size: int, accumulation: int | None = None, padding_free: bool = False) -> SFTConfig:
     """TRL's SFTConfig with every setting this pipeline depends on set explicitly.
 
     SFTConfig's own defaults differ from the Trainer's and would change the recipe: bf16 on (~20x
     slower on CPU), activation checkpointing on (it is switched on on the model itself, by
     `methods.trainable`, when `train.gradient_checkpointing` asks), learning rate 2e-5, max_length 1024.
     `batch_size` and `accumulation` are per process (default accumulation: train.gradient_accumulation).
+    Padded batches are grouped by length (little padding); padding-free ones are drawn in random order, so that every
+    step packs about the batch size times the mean length (grouped, some steps would pack only the longest examples).
     """
     fields = {f.name for f in dataclasses.fields(SFTConfig)}
     on_gpu = torch.cuda.is_available()
@@ -42,7 +44,7 @@ def sft_config(task_train: TaskTrainParams, params: TrainParams, output_dir: str
         remove_unused_columns=False, disable_tqdm=False, dataloader_num_workers=0, dataloader_pin_memory=on_gpu,
         # The examples come tokenized and cut to max_length by encode_split (the prompt loses its start, never the
         # answer); TRL would cut the end, and refuses a max_length with padding-free batches.
-        max_length=None, padding_free=params.padding_free, packing=False,
+        max_length=None, padding_free=padding_free, packing=False,
         completion_only_loss=True,  # else TRL ignores the completion_mask of padding-free examples
         assistant_only_loss=False,  # it needs {% generation %} tags SmolLM2's chat template lacks; labels mask instead
         shuffle_dataset=False,
@@ -54,9 +56,9 @@ def sft_config(task_train: TaskTrainParams, params: TrainParams, output_dir: str
     # transformers 5.2x renamed gradient_checkpointing (a deprecated alias now, which warns)
     kwargs["activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"] = False
     if "train_sampling_strategy" in fields:
-        kwargs["train_sampling_strategy"] = "group_by_length"
+        kwargs["train_sampling_strategy"] = "random" if padding_free else "group_by_length"
     else:
-        kwargs["group_by_length"] = True
+        kwargs["group_by_length"] = not padding_free
     return SFTConfig(**kwargs)
 
 
@@ -115,15 +117,19 @@ class PipelineTrainer(GuardedTrainer):
 
 def build_trainer(trained: Trainable, tokenizer, train_set: list[dict], validation_set: list[dict],
                   task_train: TaskTrainParams, params: TrainParams, lora: LoraParams, work_dir: Path,
-                  callbacks: list, batch_size: int | None = None, accumulation: int | None = None) -> PipelineTrainer:
+                  callbacks: list, batch_size: int | None = None, accumulation: int | None = None,
+                  padding_free: bool | None = None) -> PipelineTrainer:
     """The SFTTrainer for `trained`: the answer-only collator (or TRL's padding-free one), the divergence guards,
     LoRA+'s optimizer where asked, and the trainable weights as they were before TRL's bf16 cast.
     `batch_size` is examples per process step (default: the task's), `accumulation` steps per update (default:
-    train.gradient_accumulation)."""
+    train.gradient_accumulation), `padding_free` as decided (default: train.padding_free, `auto` decided here)."""
     model = trained.model
     batch_size = batch_size or task_train.batch_size
+    if padding_free is None:
+        padding_free = wants_padding_free(params.padding_free, [len(ex["input_ids"]) for ex in train_set],
+                                          torch.cuda.is_available(), params.gpu_batch_tokens)
     args = sft_config(task_train, params, str(work_dir), has_validation=bool(validation_set), batch_size=batch_size,
-                      accumulation=accumulation)
+                      accumulation=accumulation, padding_free=padding_free)
     what_to_try = advice(task_train.learning_rate, params.warmup_ratio)
     callbacks = [GradientGuard(what_to_try), *(c if isinstance(c, TrainerCallback) else c() for c in callbacks)]
     optimizer = loraplus_optimizer(model, lora, task_train.learning_rate, params.weight_decay) if (
@@ -131,10 +137,11 @@ def build_trainer(trained: Trainable, tokenizer, train_set: list[dict], validati
     with weights_kept(model):  # SFTTrainer casts a quantized base's LoRA weights to bf16, even on CPU
         trainer = PipelineTrainer(
             model=model, args=args, processing_class=tokenizer,
-            train_dataset=as_dataset(train_set, params.padding_free),
-            eval_dataset=as_dataset(validation_set, params.padding_free) if validation_set else None,
-            data_collator=None if params.padding_free else AnswerOnlyCollator(tokenizer.pad_token_id),
+            train_dataset=as_dataset(train_set, padding_free),
+            eval_dataset=as_dataset(validation_set, padding_free) if validation_set else None,
+            data_collator=None if padding_free else AnswerOnlyCollator(tokenizer.pad_token_id),
             callbacks=callbacks, optimizers=(optimizer, None), what_to_try=what_to_try)
+    trainer.packed_mask = attention_kept_inside_packed_examples(model) if padding_free else None
     return trainer
 
 

@@ -13,17 +13,18 @@ import torch
 from transformers import ProgressCallback, set_seed
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from finetune import distributed, methods
+from finetune import distributed, memory, methods
 from finetune.base_model import device, key_value_heads_repeated
 from finetune.errors import PipelineError
-from finetune.batching import any_length_attention
+from finetune.batching import any_length_attention, wants_padding_free
+from finetune.memory import StepMemory
 from finetune.checkpoints import CheckpointCallback
 from finetune.sft import build_trainer
 from finetune.files import atomic_path, write_json
 from finetune.chat import encode_conversation
 from finetune.methods import Trainable
 from finetune.params import LoraParams, Task, TaskTrainParams, TrainParams
-from finetune.prompts import answer_ids, check_room, encode_example, render_prompt
+from finetune.prompts import IGNORE_INDEX, answer_ids, check_room, encode_example, render_prompt
 
 
 @dataclasses.dataclass
@@ -44,26 +45,29 @@ class TrainResult:
     batch_size: int                # examples per process step
     processes: int                 # processes that shared each batch (distributed.processes x machines)
     gradient_checkpointing: bool
+    padding_free: bool             # the batch's examples packed into one row (train.padding_free)
     compiled: bool
     device: str
     resumed_from_step: int | None  # a run that resumed a checkpoint: the step it started from
 
 
-LARGE_MODEL = 1_000_000_000  # parameters from which activation checkpointing pays on a GPU
+LARGE_MODEL = 1_000_000_000  # parameters from which compiling the decoder blocks pays on a GPU
 
 
-def device_batch_size(task_train: TaskTrainParams, params: TrainParams, lengths: list[int], on_gpu: bool) -> int:
-    """Examples per step: the task's batch on CPU; on a GPU, grown to `gpu_batch_tokens` at the longest example.
+def device_batch_size(task_train: TaskTrainParams, params: TrainParams, lengths: list[int], on_gpu: bool,
+                      packed: bool = False) -> int:
+    """Examples per step: the task's batch on CPU; on a GPU, grown to `gpu_batch_tokens` at the longest example
+    (padded batches) or at the mean length (`packed`: padding-free batches, drawn in random order).
 
     A training step has a fixed cost (kernel launches, the adapter wrappers, the optimizer), so a
     GPU fed short examples 16 at a time mostly waits. The batch grows until it holds
     `gpu_batch_tokens` tokens even if every example were as long as the longest (which bounds
-    memory), but stays small enough for `gpu_min_steps` optimizer steps an epoch; it never shrinks
-    below the task's batch_size.
+    memory; a packed batch of random examples holds about its size times the mean), but stays small
+    enough for `gpu_min_steps` optimizer steps an epoch; it never shrinks below the task's batch_size.
     """
     if not on_gpu or params.gpu_batch_tokens <= 0 or not lengths:
         return task_train.batch_size
-    by_tokens = params.gpu_batch_tokens // max(lengths)
+    by_tokens = int(params.gpu_batch_tokens // (sum(lengths) / len(lengths) if packed else max(lengths)))
     by_steps = int(len(lengths) * task_train.epochs) // max(1, params.gpu_min_steps * params.gradient_accumulation)
     return max(task_train.batch_size, min(by_tokens, by_steps))
 
@@ -77,13 +81,27 @@ def _auto_by_size(key: str, setting: bool | str, n_parameters: int, on_gpu: bool
     raise PipelineError(f"params.yaml: train.{key} is {setting!r}; expected true, false or auto")
 
 
-def wants_checkpointing(setting: bool | str, n_parameters: int, on_gpu: bool) -> bool:
-    """`auto` recomputes activations only for a 1B+ model on a GPU, where they would fill memory.
+def wants_checkpointing(setting: bool | str, needs: StepMemory | None) -> bool:
+    """`auto` recomputes activations only on a GPU whose free memory would not hold them (`needs`; None on CPU).
 
-    On CPU memory is plentiful and recomputation only costs time; a small model's activations fit
-    any GPU, and recomputing them costs a third of each step.
+    Recomputing costs about a third of each step's matmuls. On CPU memory is plentiful and
+    recomputation only costs time; on a GPU the step's activations are estimated from the model's
+    config and compared with what the device has free (finetune/memory.py): a 7B model at 4,096
+    tokens a step fits an H200 without it, not a 24 GB card. `true` is the low-memory mode.
     """
-    return _auto_by_size("gradient_checkpointing", setting, n_parameters, on_gpu)
+    if setting == "auto":
+        return needs is not None and not needs.fits_without_checkpointing()
+    if isinstance(setting, bool):
+        return setting
+    raise PipelineError(f"params.yaml: train.gradient_checkpointing is {setting!r}; expected true, false or auto")
+
+
+def step_memory(model, method: str, lora_r: int, tokens: int, logits_tokens: int) -> StepMemory:
+    """The memory a step of `tokens` tokens (per process) needs on this GPU, and what the GPU has free."""
+    n_parameters = parameter_count(model)
+    trainable = n_parameters if method == "full" else memory.lora_parameters(model, lora_r)
+    return StepMemory(activations=memory.activation_bytes(model.config, tokens, logits_tokens),
+                      optimizer=memory.optimizer_bytes(trainable), free=memory.free_bytes(device()))
 
 
 def wants_compile(setting: bool | str, n_parameters: int, on_gpu: bool) -> bool:
@@ -138,7 +156,23 @@ def train_model(model, tokenizer, train_set: list[dict], validation_set: list[di
     """
     set_seed(params.seed)
     on_gpu = torch.cuda.is_available()
-    checkpointing = wants_checkpointing(params.gradient_checkpointing, parameter_count(model), on_gpu)
+    lengths = [len(ex["input_ids"]) for ex in train_set]
+    packed = wants_padding_free(params.padding_free, lengths, on_gpu, params.gpu_batch_tokens)
+    processes = distributed.world_size()
+    batch = device_batch_size(task_train, params, lengths, on_gpu=on_gpu, packed=packed)
+    if batch > task_train.batch_size:  # grown on a GPU: to a batch the processes share evenly
+        batch = max(task_train.batch_size, batch - batch % processes)
+    batch_size, accumulation = distributed.per_process_batch(batch, params.gradient_accumulation, processes)
+    needs = None
+    if on_gpu:  # the tokens of one process's step: a packed row of random examples, or a batch of the longest
+        mean = sum(lengths) / max(1, len(lengths))
+        tokens = int(batch_size * mean * 1.25) if packed else batch_size * max(lengths, default=0)
+        answers = max((sum(label != IGNORE_INDEX for label in ex["labels"]) for ex in train_set), default=0)
+        needs = step_memory(model, params.method, lora.r, tokens, tokens if packed else batch_size * answers)
+    checkpointing = wants_checkpointing(params.gradient_checkpointing, needs)
+    if needs is not None and distributed.is_main():
+        print(f"train_qlora: activation checkpointing {'on' if checkpointing else 'off'} "
+              f"({needs.describe()}; train.gradient_checkpointing: {params.gradient_checkpointing})", flush=True)
     trained = methods.trainable(model, params.method, lora, checkpointing, base_folder)
     model = trained.model
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -147,13 +181,8 @@ def train_model(model, tokenizer, train_set: list[dict], validation_set: list[di
     if compiled and not compile_blocks(model):
         raise PipelineError(f"train.compile: found no decoder blocks to compile in {type(model).__name__}; "
                             "set train.compile: false")
-    processes = distributed.world_size()
-    batch = device_batch_size(task_train, params, [len(ex["input_ids"]) for ex in train_set], on_gpu=on_gpu)
-    if batch > task_train.batch_size:  # grown on a GPU: to a batch the processes share evenly
-        batch = max(task_train.batch_size, batch - batch % processes)
-    batch_size, accumulation = distributed.per_process_batch(batch, params.gradient_accumulation, processes)
     trainer = build_trainer(trained, tokenizer, train_set, validation_set, task_train, params, lora, work_dir,
-                            callbacks + ([saving] if saving else []), batch_size, accumulation)
+                            callbacks + ([saving] if saving else []), batch_size, accumulation, padding_free=packed)
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
@@ -161,6 +190,8 @@ def train_model(model, tokenizer, train_set: list[dict], validation_set: list[di
         with any_length_attention(), key_value_heads_repeated(model):
             output = trainer.train(resume_from_checkpoint=str(resume_from[0]) if resume_from else None)
     finally:
+        if trainer.packed_mask is not None:
+            trainer.packed_mask.remove()
         if saving:
             saving.release()
         for callback in trainer.callback_handler.callbacks:  # an error ends the bar first, so it is the last line
@@ -183,7 +214,8 @@ def train_model(model, tokenizer, train_set: list[dict], validation_set: list[di
         runtime_s=round(runtime, 1), steps=int(output.global_step), trained_tokens=tokens,
         tokens_per_s=round(tokens / runtime, 1), peak_memory_gib=round(peak_memory_gib(), 2),
         trainable_parameters=int(trainable), total_parameters=int(total), target_modules=trained.target_modules,
-        batch_size=batch_size, processes=processes, gradient_checkpointing=checkpointing, compiled=compiled,
+        batch_size=batch_size, processes=processes, gradient_checkpointing=checkpointing, padding_free=packed,
+        compiled=compiled,
         device=device().type, resumed_from_step=resume_from[1]["step"] if resume_from else None)
     return trained, result
 

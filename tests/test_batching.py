@@ -45,3 +45,17 @@ def test_padding_does_not_change_an_examples_loss(tiny_model, tokenizer):
     # fp32 loss ~11: padding changes the attention matmuls' shapes and so their summation order (a few ulps);
     # a pad attended to or a pad token scored moves it by 1e-2 or more.
     torch.testing.assert_close(alone, in_batch, atol=1e-5, rtol=1e-5)
+
+
+def test_a_packed_rows_mask_keeps_each_token_inside_its_own_example():
+    import torch
+
+    from finetune.batching import packed_attention_mask
+
+    mask = packed_attention_mask(torch.tensor([[0, 1, 2, 0, 1]]))  # two examples, of 3 and 2 tokens
+    assert mask.shape == (1, 1, 5, 5)
+    assert mask[0, 0].int().tolist() == [[1, 0, 0, 0, 0],
+                                         [1, 1, 0, 0, 0],
+                                         [1, 1, 1, 0, 0],
+                                         [0, 0, 0, 1, 0],
+                                         [0, 0, 0, 1, 1]]

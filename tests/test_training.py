@@ -2,10 +2,12 @@
 
 
 import pytest
+import torch
 
-from finetune import params
+from finetune import methods, params
+from finetune.batching import wants_padding_free
 from finetune.errors import PipelineError
-from finetune import methods
+from finetune.memory import StepMemory, activation_bytes, lora_parameters
 from finetune.training import (LARGE_MODEL, compile_blocks, device_batch_size, parameter_count, wants_checkpointing,
                                wants_compile)
 
@@ -41,15 +43,68 @@ def test_gpu_batch_never_shrinks_below_the_tasks():
     assert device_batch_size(task_train, off, [10] * 100_000, on_gpu=True) == task_train.batch_size
 
 
-@pytest.mark.parametrize("key, wants", [("gradient_checkpointing", wants_checkpointing), ("compile", wants_compile)])
-def test_auto_settings_switch_on_only_for_a_large_model_on_a_gpu(key, wants):
-    assert wants("auto", LARGE_MODEL, on_gpu=True)
-    assert not wants("auto", LARGE_MODEL - 1, on_gpu=True)
-    assert not wants("auto", 10 * LARGE_MODEL, on_gpu=False)
-    assert wants(True, 1, on_gpu=False)
-    assert not wants(False, 10 * LARGE_MODEL, on_gpu=True)
-    with pytest.raises(PipelineError, match=f"train.{key} is 'yes'; expected true, false or auto"):
-        wants("yes", 1, on_gpu=True)
+def test_packed_batches_grow_to_the_token_budget_at_the_mean_length():
+    task_train, train = settings(gpu_batch_tokens=4096, gpu_min_steps=10)
+    lengths = [10] * 50_000 + [40] * 50_000   # mean 25
+    assert device_batch_size(task_train, train, lengths, on_gpu=True, packed=True) == 4096 // 25
+    assert device_batch_size(task_train, train, lengths, on_gpu=True, packed=False) == 4096 // 40
+
+
+def test_auto_compile_switches_on_only_for_a_large_model_on_a_gpu():
+    assert wants_compile("auto", LARGE_MODEL, on_gpu=True)
+    assert not wants_compile("auto", LARGE_MODEL - 1, on_gpu=True)
+    assert not wants_compile("auto", 10 * LARGE_MODEL, on_gpu=False)
+    assert wants_compile(True, 1, on_gpu=False)
+    assert not wants_compile(False, 10 * LARGE_MODEL, on_gpu=True)
+    with pytest.raises(PipelineError, match="train.compile is 'yes'; expected true, false or auto"):
+        wants_compile("yes", 1, on_gpu=True)
+
+
+GIB = 2**30
+
+
+def test_auto_checkpointing_is_on_only_where_the_activations_do_not_fit_the_free_memory():
+    roomy = StepMemory(activations=20 * GIB, optimizer=1 * GIB, free=130 * GIB)    # a 7B step on an H200
+    tight = StepMemory(activations=20 * GIB, optimizer=1 * GIB, free=18 * GIB)     # the same on a 24 GB card
+    full = StepMemory(activations=20 * GIB, optimizer=115 * GIB, free=130 * GIB)   # full fine-tuning's AdamW states
+    assert not wants_checkpointing("auto", roomy)
+    assert wants_checkpointing("auto", tight) and wants_checkpointing("auto", full)
+    assert not wants_checkpointing("auto", None)  # CPU
+    assert wants_checkpointing(True, roomy) and not wants_checkpointing(False, tight)  # true: the low-memory mode
+    with pytest.raises(PipelineError, match="train.gradient_checkpointing is 'yes'; expected true, false or auto"):
+        wants_checkpointing("yes", roomy)
+
+
+def test_a_7b_step_of_4096_tokens_is_estimated_near_what_autograd_keeps():
+    """Llama-2-7B's shape at 4,096 tokens: 32 layers x (12 x 4,096 + 4 x 11,008) bf16 values a token, about 23 GiB
+    (the H100 profile put the kept tensors at 0.4 GiB a layer, 13 GiB: the estimate errs on the safe side)."""
+    from transformers import LlamaConfig
+
+    estimate = activation_bytes(LlamaConfig(), tokens=4096, logits_tokens=0)
+    assert 13 * GIB < estimate < 30 * GIB
+    assert activation_bytes(LlamaConfig(), 4096, 4096) - estimate == 4096 * 32000 * 10  # bf16 logits, fp32 copy, grad
+
+
+def test_lora_parameters_count_every_linear_layer_but_the_head():
+    from tests.conftest import tiny_llama
+
+    model = tiny_llama(vocab_size=256)
+    linears = [m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head")]
+    assert lora_parameters(model, 4) == sum(4 * (m.in_features + m.out_features) for m in linears) > 0
+
+
+@pytest.mark.parametrize("lengths, on_gpu, wanted", [
+    ([15] * 100 + [45], True, True),        # Instacart's product names: the longest is 3x the mean
+    ([512] * 100, True, False),             # every example as long as the longest: nothing to save
+    ([322] * 100 + [512], True, False),     # whole dialogues: the longest 1.6x the mean
+    ([15] * 100 + [45], False, False),      # on CPU packing is slower
+])
+def test_auto_padding_free_packs_short_examples_on_a_gpu(lengths, on_gpu, wanted):
+    assert wants_padding_free("auto", lengths, on_gpu, batch_tokens=4096) is wanted
+    assert wants_padding_free("auto", lengths, on_gpu, batch_tokens=0) is False  # no token budget: no growth to win
+    assert wants_padding_free(True, [512], False, 0) and not wants_padding_free(False, lengths, True, 4096)
+    with pytest.raises(PipelineError, match="train.padding_free is 'yes'"):
+        wants_padding_free("yes", lengths, on_gpu, 4096)
 
 
 @pytest.mark.parametrize("arch", ["llama", "falcon"])

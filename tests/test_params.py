@@ -77,6 +77,18 @@ def test_each_stage_declares_the_library_code_it_imports(stage):
     assert not missing, f"add {sorted(missing)} to the deps of stage {stage} in dvc.yaml"
 
 
+@pytest.mark.parametrize("stage", list(DVC))
+def test_no_output_of_a_stage_is_tracked_by_git(stage):
+    """DVC refuses to run a stage whose output git tracks (a file committed by mistake)."""
+    import subprocess
+
+    outs = [next(iter(o)) if isinstance(o, dict) else o for key in ("outs", "metrics", "plots")
+            for o in DVC[stage].get(key, [])]
+    tracked = subprocess.run(["git", "ls-files", "--", *outs], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.split()
+    assert not tracked, f"{tracked}: outputs of stage {stage}, tracked by git: `git rm --cached` them"
+
+
 def stage_imports(stage: str) -> set[str]:
     """finetune modules the stage imports, directly or through other finetune modules."""
     seen, todo = set(), [ROOT / "stages" / f"{stage}.py"]

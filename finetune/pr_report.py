@@ -86,13 +86,16 @@ def plot_confusions(runs: list[tuple[str, pd.DataFrame]], path: Path) -> None:
 
 
 def plot_losses(curves: list[tuple[str, tuple, tuple, int]], path: Path) -> None:
-    """Training (lines) and validation (points) loss of each run on one axis; DVCLive steps scaled to optimizer steps."""
+    """Training (lines) and validation (points) loss of each run on one axis; DVCLive steps scaled to optimizer steps.
+    The base is drawn wide and the change thin and dashed over it, so that two curves that nearly agree both show."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for (title, (steps, values), (vsteps, vvalues), every), colour in zip(curves, ("tab:gray", "tab:blue")):
+    styles = ({"color": "tab:gray", "linewidth": 3.5, "alpha": 0.6}, {"color": "tab:blue", "linewidth": 1.5, "linestyle": "--"})
+    for (title, (steps, values), (vsteps, vvalues), every), style in zip(curves, styles):
         if steps:
-            ax.plot([s * every for s in steps], values, color=colour, label=f"{title}: training")
+            ax.plot([s * every for s in steps], values, label=f"{title}: training", **style)
         if vsteps:
-            ax.plot([s * every for s in vsteps], vvalues, "o", color=colour, label=f"{title}: validation")
+            ax.plot([s * every for s in vsteps], vvalues, "o", color=style["color"], markersize=7 if style is styles[0] else 4,
+                    label=f"{title}: validation")
     save_loss_plot(fig, ax, path)
 
 

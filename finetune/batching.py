@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from finetune.errors import PipelineError
+from finetune.params import switch
 from finetune.prompts import IGNORE_INDEX
 
 
@@ -32,11 +32,8 @@ def wants_padding_free(setting: bool | str, lengths: list[int], on_gpu: bool, ba
     Off on CPU, where one packed row trains slower than a padded batch (README "Training through TRL"), and for
     examples of one length, where there is no padding to save and attention over the packed row costs more.
     """
-    if setting == "auto":
-        return bool(on_gpu and batch_tokens > 0 and lengths and max(lengths) >= PACKING_PAYS * sum(lengths) / len(lengths))
-    if isinstance(setting, bool):
-        return setting
-    raise PipelineError(f"params.yaml: train.padding_free is {setting!r}; expected true, false or auto")
+    return switch("train.padding_free", setting, lambda: on_gpu and batch_tokens > 0 and lengths
+                  and max(lengths) >= PACKING_PAYS * sum(lengths) / len(lengths))
 
 
 def packed_attention_mask(position_ids: torch.Tensor) -> torch.Tensor:

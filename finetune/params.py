@@ -40,6 +40,15 @@ Text = Annotated[str, Field(min_length=1)]      # a non-empty string
 Switch = bool | Literal["auto"]
 
 
+def switch(key: str, setting: bool | str, auto) -> bool:
+    """A Switch param's value: true or false as set; `auto()` decides for `auto`."""
+    if setting == "auto":
+        return bool(auto())
+    if isinstance(setting, bool):
+        return setting
+    raise PipelineError(f"params.yaml: {key} is {setting!r}; expected true, false or auto")
+
+
 class Section(BaseModel):
     """A part of params.yaml: no unknown key, no missing key, no value of the wrong type (no '8' for 8)."""
 

@@ -23,7 +23,7 @@ from finetune.sft import build_trainer
 from finetune.files import atomic_path, write_json
 from finetune.chat import encode_conversation
 from finetune.methods import Trainable
-from finetune.params import LoraParams, Task, TaskTrainParams, TrainParams
+from finetune.params import LoraParams, Task, TaskTrainParams, TrainParams, switch
 from finetune.prompts import IGNORE_INDEX, answer_ids, check_room, encode_example, render_prompt
 
 
@@ -74,11 +74,7 @@ def device_batch_size(task_train: TaskTrainParams, params: TrainParams, lengths:
 
 def _auto_by_size(key: str, setting: bool | str, n_parameters: int, on_gpu: bool) -> bool:
     """true or false as set; `auto` is on for a 1B+ model on a GPU only."""
-    if setting == "auto":
-        return on_gpu and n_parameters >= LARGE_MODEL
-    if isinstance(setting, bool):
-        return setting
-    raise PipelineError(f"params.yaml: train.{key} is {setting!r}; expected true, false or auto")
+    return switch(f"train.{key}", setting, lambda: on_gpu and n_parameters >= LARGE_MODEL)
 
 
 def wants_checkpointing(setting: bool | str, needs: StepMemory | None) -> bool:
@@ -89,11 +85,8 @@ def wants_checkpointing(setting: bool | str, needs: StepMemory | None) -> bool:
     config and compared with what the device has free (finetune/memory.py): a 7B model at 4,096
     tokens a step fits an H200 without it, not a 24 GB card. `true` is the low-memory mode.
     """
-    if setting == "auto":
-        return needs is not None and not needs.fits_without_checkpointing()
-    if isinstance(setting, bool):
-        return setting
-    raise PipelineError(f"params.yaml: train.gradient_checkpointing is {setting!r}; expected true, false or auto")
+    return switch("train.gradient_checkpointing", setting,
+                  lambda: needs is not None and not needs.fits_without_checkpointing())
 
 
 def step_memory(model, method: str, lora_r: int, tokens: int, logits_tokens: int) -> StepMemory:

@@ -1,7 +1,7 @@
 """CPU: train_qlora's training steps on the 4-bit layers vs on their NF4 weights dequantized once.
 
 bitsandbytes has no fused 4-bit matmul on CPU, so each 4-bit layer dequantizes its weight at every
-use (forward, and again for the input gradient). `finetune.base_model.dense_cpu_copy` does it once.
+use (forward, and again for the input gradient). `finetune.base_model.dense_copy` does it once.
 Same Instacart rows (.bench/instacart_all from `instacart_smollm2 prepare`), same params.yaml, same seed.
 
     python -m benchmarks.cpu_dense_training --rows 480
@@ -38,7 +38,7 @@ def main() -> None:
     for case in ("4bit", "dense"):
         model = lib_load(args.model)
         if case == "dense":
-            model = base_model.dense_cpu_copy(model)
+            model = base_model.dense_copy(model)
         _, result, _ = lib_train(model, tokenizer, train, [], {}, Path(f"/tmp/cpu_dense_training/{case}"))
         record["cases"][case] = {k: result[k] for k in ("runtime_s", "steps", "final_loss", "tokens_per_s", "peak_memory_gib")}
         print(case, record["cases"][case], flush=True)

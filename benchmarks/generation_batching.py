@@ -52,7 +52,7 @@ def main() -> None:
     conversations, task = chitchat_test_conversations(args.prompts)
     name = "models/base/smollm2-135m-instruct"
     tokenizer = base_model.load_tokenizer(name, "main")
-    model = base_model.dense_cpu_copy(base_model.load_model(name, "main", base_model.quantization_config(True, "nf4", True)))
+    model = base_model.dense_copy(base_model.load_model(name, "main", base_model.quantization_config(True, "nf4", True)))
     model.eval()
     prompts = [conversation_prompt_ids(tokenizer, m[:-1], task.prompt.system, task.prompt.chat_template,
                                        task.train.max_length)

@@ -1,24 +1,53 @@
 #!/usr/bin/env bash
 # One GPU session's benchmarks, in sequence, from the repository root on the GPU machine (benchmarks/README.md, "H200"):
-#   setsid nohup bash benchmarks/gpu_session.sh /root/res > /root/res.log 2>&1 &
+#   setsid nohup bash benchmarks/gpu_session.sh PLAN /root/res > /root/res.log 2>&1 &
+# PLAN: packing (2026-12-02, first session: the 7B shapes packed, checkpointing by memory) or small-model (2026-12-02,
+# second session: SmolLM2-135M with its NF4 weights held dense, its learning rate for packed steps, the seeds' epoch,
+# label scoring by batch, the 7B cases not yet run on the H200).
 # It outlasts one 10-minute call, so it runs in the background on the held machine. Each case writes its JSON as it
-# goes; a failing command is reported and the next one runs. The SmolLM2 case waits for its GGUF, which travels in
-# two parts (/root/gguf.part-*, then /root/gguf.ready): it is larger than what one call carries.
+# goes; a failing command is reported and the next one runs. The SmolLM2 cases wait for its GGUF, which travels in
+# parts (/root/gguf.part-*, then /root/gguf.ready): it is larger than what one call carries.
 set -u
-RES=${1:-/root/res}
+PLAN=${1:?packing or small-model}
+RES=${2:-/root/res}
 mkdir -p "$RES"
 export PYTHONUNBUFFERED=1
 run() { echo "== $(date -u +%H:%M:%S) $*"; "$@" || echo "!! exit $?: $*"; }
 
-run python3 -m benchmarks.qlora_throughput run --models llama-7b --workloads instacart full512 \
-    --paths seeds project project-low-memory --packing-check --out "$RES"
-while [ ! -f /root/gguf.ready ]; do sleep 5; done
-cat /root/gguf.part-* > /root/SmolLM2-135M-Instruct.Q4_1.gguf
-run python3 -m benchmarks.instacart_smollm2 export /root/SmolLM2-135M-Instruct.Q4_1.gguf /root/smol
-run python3 -u -m benchmarks.instacart_smollm2 run --model /root/smol --cases project project-compiled \
-    --pipeline-cases none --out "$RES" --work /root/work
-run python3 -m benchmarks.qlora_throughput run --models falcon-7b --workloads instacart full512 \
-    --paths seeds project --packing-check --out "$RES"
-run python3 -m benchmarks.qlora_throughput run --models llama-7b --workloads instacart dialogue --paths project-padded project \
-    --out "$RES"
+smollm2() {
+    while [ ! -f /root/gguf.ready ]; do sleep 5; done
+    cat /root/gguf.part-* > /root/SmolLM2-135M-Instruct.Q4_1.gguf
+    run python3 -m benchmarks.instacart_smollm2 export /root/SmolLM2-135M-Instruct.Q4_1.gguf /root/smol
+}
+
+packing() {
+    run python3 -m benchmarks.qlora_throughput run --models llama-7b --workloads instacart full512 \
+        --paths seeds project project-low-memory --packing-check --out "$RES"
+    smollm2
+    run python3 -u -m benchmarks.instacart_smollm2 run --model /root/smol --cases project project-compiled \
+        --pipeline-cases none --out "$RES" --work /root/work
+    run python3 -m benchmarks.qlora_throughput run --models falcon-7b --workloads instacart full512 \
+        --paths seeds project --packing-check --out "$RES"
+    run python3 -m benchmarks.qlora_throughput run --models llama-7b --workloads instacart dialogue \
+        --paths project-padded project --out "$RES"
+}
+
+small_model() {
+    smollm2
+    run python3 -u -m benchmarks.instacart_smollm2 run --model /root/smol --cases project project-lr2e-3 \
+        project-lr3e-3 project-100-steps-lr3e-3 project-4bit-layers seeds --seeds-budget-s 60 \
+        --pipeline-cases none --out "$RES" --work /root/work
+    run python3 -u -m benchmarks.label_scoring_batch --model /root/smol --batches 64 256 512 1024 \
+        --layers dense 4bit --out "$RES"
+    run python3 -m benchmarks.qlora_throughput run --models llama-7b --workloads instacart full512 dialogue \
+        --paths project-eager seeds --out "$RES"
+    run python3 -m benchmarks.qlora_throughput run --models falcon-7b --workloads instacart full512 dialogue \
+        --paths project-low-memory project-eager --out "$RES"
+}
+
+case "$PLAN" in
+    packing) packing ;;
+    small-model) small_model ;;
+    *) echo "unknown plan $PLAN: packing or small-model"; exit 2 ;;
+esac
 echo "== done $(date -u +%H:%M:%S)"

@@ -8,6 +8,7 @@ and `export` (the GPU machine: the SmolLM2 GGUF as a Hugging Face folder).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -73,12 +74,27 @@ def lib_tokenizer(model_dir: str):
     return base_model.load_tokenizer(model_dir, "main")
 
 
-def lib_load(model_dir: str, adapter: str | None = None):
-    """The 4-bit base model as train_qlora and evaluate load it, with a trained adapter for evaluate."""
+def lib_load(model_dir: str, adapter: str | None = None, dense: bool | None = None):
+    """The 4-bit base model as train_qlora loads it (dense-copied later, when training starts), or as evaluate
+    loads it (`dense`, the default with an adapter: dense-copied when small), with a trained adapter."""
     from finetune import adapters, methods, params
 
-    model = methods.load_base(model_dir, "main", "qlora", params.read("quantization"), dense=False)
+    dense = adapter is not None if dense is None else dense
+    model = methods.load_base(model_dir, "main", "qlora", params.read("quantization"), dense=dense)
     return adapters.load_adapter(model, adapter) if adapter else model
+
+
+@contextlib.contextmanager
+def lib_four_bit_layers(kept: bool):
+    """If `kept`, a GPU keeps a small base's 4-bit layers (as before `base_model.dense_copy` held it dense there)."""
+    from finetune import base_model
+
+    limit = base_model.GPU_DENSE_LIMIT_GIB
+    base_model.GPU_DENSE_LIMIT_GIB = 0.0 if kept else limit
+    try:
+        yield
+    finally:
+        base_model.GPU_DENSE_LIMIT_GIB = limit
 
 
 def lib_encode(tokenizer, rows: list[dict]) -> list[dict]:

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from benchmarks.instacart_lib import (DATA, export, lib_encode, lib_label_predict, lib_load,
+from benchmarks.instacart_lib import (DATA, export, lib_encode, lib_four_bit_layers, lib_label_predict, lib_load,
                                       lib_metrics, lib_prompt, lib_tokenizer, lib_train, prepare, read_split)
 from benchmarks.measure import (MATMUL_CEILING_TFLOPS, SEEDS_LENGTH, accuracy, free, loss_check, mfu, peak_gib,
                                 pipeline_predict, reset_peak, sync, timed_predict, warm_pipeline)
@@ -54,8 +54,10 @@ def project_case(out: dict, save, model_dir: str, data: dict, overrides: dict, e
     tokenizer = lib_tokenizer(model_dir)
     train = lib_encode(tokenizer, data["train"])
     validation = lib_encode(tokenizer, data["validation"]) if evaluate else []
-    model = lib_load(model_dir)
-    peft_model, result, train_p = lib_train(model, tokenizer, train, validation, overrides, work)
+    overrides = dict(overrides)
+    with lib_four_bit_layers(overrides.pop(FOUR_BIT_LAYERS, False)):
+        model = lib_load(model_dir)
+        peft_model, result, train_p = lib_train(model, tokenizer, train, validation, overrides, work)
     answer_tokens = sum(sum(1 for x in ex["labels"] if x != -100) for ex in train)
     out.update({"train_params": train_p, "train": result,
            "train_examples": len(train), "step_s": round(result["runtime_s"] / result["steps"], 4),
@@ -187,8 +189,15 @@ def seeds_model_cpu(model_dir: str):
                                             task_type="CAUSAL_LM"))
 
 
+FOUR_BIT_LAYERS = "four_bit_layers"  # a case key that is not a param: keep the 4-bit layers (lib_four_bit_layers)
+
 PROJECT_CASES = {  # name -> (train param overrides on top of params.yaml, evaluate too); probes time a tenth of an epoch
     "project": ({}, True),
+    "project-4bit-layers": ({FOUR_BIT_LAYERS: True}, True),
+    "project-lr2e-3": ({"learning_rate": 0.002}, True),
+    "project-lr3e-3": ({"learning_rate": 0.003}, True),
+    "project-100-steps": ({"gpu_min_steps": 100}, True),
+    "project-100-steps-lr3e-3": ({"gpu_min_steps": 100, "learning_rate": 0.003}, True),
     "project-padded": ({"padding_free": False}, True),
     "project-compiled": ({"compile": True}, True),
     "project-b128": ({"batch_size": 128}, True),

@@ -14,7 +14,8 @@ from finetune.errors import PipelineError
 from finetune.files import sha256_of
 
 LOCAL_PREFIXES = ("models/", "./", "../", "/", "~")
-CPU_DENSE_LIMIT_GIB = 4.0  # dequantize a 4-bit model once on CPU when its dense weights fit in this
+CPU_DENSE_LIMIT_GIB = 4.0  # dequantize a 4-bit model once on CPU when its dense fp32 weights fit in this
+GPU_DENSE_LIMIT_GIB = 1.0  # ... and on a GPU when its dense bf16 weights do (a small model: SmolLM2-135M holds 0.2)
 
 
 def device() -> torch.device:
@@ -188,21 +189,31 @@ def load_model(name: str, revision: str, quantization=None, dtype: torch.dtype |
     return model
 
 
-def dense_cpu_copy(model, limit_gib: float = CPU_DENSE_LIMIT_GIB):
-    """On CPU, swap each 4-bit layer for a plain one holding the very same weights, dequantized once.
+def dense_limit_gib(on_gpu: bool) -> float:
+    """The most dense weights (GiB, in the compute dtype) that `dense_copy` holds instead of 4-bit layers."""
+    return GPU_DENSE_LIMIT_GIB if on_gpu else CPU_DENSE_LIMIT_GIB
 
-    bitsandbytes has no fused 4-bit matmul on CPU: it dequantizes every weight at every use (twice per
-    training step, once per generated token) and then calls the ordinary matmul on the result. Doing
-    the dequantization once gives the same numbers and leaves only the matmuls. Skipped on a GPU, and
-    where the dense weights would pass `limit_gib`, since saving that memory is what 4-bit is for.
+
+def dense_copy(model, limit_gib: float | None = None):
+    """Swap each 4-bit layer for a plain one holding the very same weights, dequantized once, when they are small.
+
+    bitsandbytes' fused 4-bit kernel serves one token at a time (generation on a GPU); for anything
+    larger, a training step or a batch of prompts, it dequantizes every weight at every use (twice per
+    training step) and calls the ordinary matmul on the result, from a Python autograd function per
+    layer. Doing the dequantization once gives the same numbers and leaves only the matmuls. On CPU
+    that is 1.26x the training speed (benchmarks/cpu_dense_training.py); on a GPU a small model's step
+    is bound by the CPU's dispatch, where the 4-bit layers' wrappers were a third of a SmolLM2 step's
+    CPU time (H200 profile, benchmarks/README.md). Skipped where the dense weights would pass
+    `limit_gib` (default: `dense_limit_gib`: 4 GiB on CPU, 1 GiB on a GPU), since saving that memory
+    is what 4-bit is for: a 7B model keeps its 4-bit layers on a GPU.
     """
     import bitsandbytes as bnb
 
-    if torch.cuda.is_available():
-        return model
+    limit = dense_limit_gib(torch.cuda.is_available()) if limit_gib is None else limit_gib
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
-    dense_gib = sum(m.in_features * m.out_features for m in layers) * 4 / 2**30
-    if not layers or dense_gib > limit_gib:
+    dense_gib = sum(m.in_features * m.out_features for m in layers) * compute_dtype().itemsize / 2**30
+    stored_for_fsdp = any(getattr(m.weight, "quant_storage", torch.uint8) != torch.uint8 for m in layers)
+    if not layers or dense_gib > limit or stored_for_fsdp:  # FSDP shards 4-bit layers as they are stored
         return model
     return dequantized(model)
 
@@ -217,7 +228,7 @@ def dequantized(model):
     if any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for _, m in layers):
         # On an AVX512-BF16 CPU, an eval-mode forward repacks the 4-bit bytes for a bf16 kernel, and
         # the repacking is only undone "best effort" (its absmax is quantized again).
-        raise RuntimeError("dense_cpu_copy must run before the model's first forward pass: "
+        raise RuntimeError("dense_copy must run before the model's first forward pass: "
                            "bitsandbytes has repacked its 4-bit weights for bf16 inference")
     for name, module in layers:
         parent, _, child = name.rpartition(".")

@@ -1,6 +1,6 @@
 """Training methods: what trains and how the base model is held.
 
-qlora: a LoRA adapter on the 4-bit base (dense-copied on CPU, finetune/base_model.py); lora: a LoRA
+qlora: a LoRA adapter on the 4-bit base (dense-copied when small, finetune/base_model.py); lora: a LoRA
 adapter on the full-precision base; full: every weight, and the result is a whole model folder.
 Later stages take either result the same way (`load_trained`, `models_side_by_side`).
 """
@@ -35,12 +35,12 @@ def base_dtype(method: str) -> torch.dtype | None:
 
 def load_base(name: str, revision: str, method: str, quant: QuantizationParams, dense: bool = True,
               sharded: bool = False):
-    """The base model as `method` trains and scores it; on CPU a 4-bit base is dense-copied unless not `dense`.
-    `sharded`: the model is about to be sharded by FSDP."""
+    """The base model as `method` trains and scores it; a small 4-bit base is dense-copied (`base_model.dense_copy`)
+    unless not `dense`. `sharded`: the model is about to be sharded by FSDP."""
     if method not in METHODS:
         raise PipelineError(f"params.yaml: train.method is {method!r}; use one of {', '.join(METHODS)}")
     model = base_model.load_model(name, revision, quantization(method, quant, sharded), dtype=base_dtype(method))
-    return base_model.dense_cpu_copy(model) if dense else model
+    return base_model.dense_copy(model) if dense else model
 
 
 @dataclasses.dataclass
@@ -138,7 +138,7 @@ def trainable(model, method: str, lora: LoraParams, checkpointing: bool, base_fo
             param.requires_grad_(True)
         checkpointing_on(model, checkpointing)
         return Trainable(model, method, [])
-    model = base_model.dense_cpu_copy(model)
+    model = base_model.dense_copy(model)
     config = lora_config(model, lora)
     freeze_base(model, checkpointing)
     model = get_peft_model(model, config)

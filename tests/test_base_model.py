@@ -70,7 +70,7 @@ def _four_bit_and_dense_runs(path, lora_targets="all-linear", after_copy=lambda 
     for dense, targets in ((False, "all-linear"), (True, lora_targets)):
         model = base_model.load_model(str(path), "main", base_model.quantization_config(True, "nf4", True))
         if dense:
-            model = base_model.dense_cpu_copy(model)
+            model = base_model.dense_copy(model)
             after_copy(model)
         model = get_peft_model(model, lora_config(model, lora_params(r=4, alpha=8, target_modules=targets)))
         torch.manual_seed(1)
@@ -88,7 +88,7 @@ def _four_bit_and_dense_runs(path, lora_targets="all-linear", after_copy=lambda 
     return runs
 
 
-def test_dense_cpu_copy_computes_what_the_4bit_layers_compute(tmp_path):
+def test_dense_copy_computes_what_the_4bit_layers_compute(tmp_path):
     """train_qlora and evaluate dequantize the NF4 weights once on CPU: same logits, loss and adapter gradients."""
     import bitsandbytes as bnb
     import torch
@@ -96,7 +96,7 @@ def test_dense_cpu_copy_computes_what_the_4bit_layers_compute(tmp_path):
     from tests.conftest import tiny_llama
 
     tiny_llama(vocab_size=256).save_pretrained(tmp_path)
-    dense = base_model.dense_cpu_copy(base_model.load_model(str(tmp_path), "main",
+    dense = base_model.dense_copy(base_model.load_model(str(tmp_path), "main",
                                                             base_model.quantization_config(True, "nf4", True)))
     assert not any(isinstance(m, bnb.nn.Linear4bit) for m in dense.modules())
     (logits_4bit, loss_4bit, grads_4bit), (logits_dense, loss_dense, grads_dense) = _four_bit_and_dense_runs(tmp_path)
@@ -129,7 +129,35 @@ def test_the_dense_copy_comparison_catches_a_wrong_copy(tmp_path, bug):
         torch.testing.assert_close(logits_dense, logits_4bit, **LOGITS_TOLERANCE)
 
 
-def test_dense_cpu_copy_refuses_weights_repacked_for_bf16_inference(tmp_path):
+def test_a_gpu_dense_copies_a_small_4bit_model_and_keeps_a_large_one_in_4bit(tmp_path, monkeypatch):
+    """On a GPU, bitsandbytes also dequantizes at every training use: a small model (SmolLM2-135M: 0.2 GiB of dense
+    bf16 weights) is held dense, a model over the GPU's limit (7B: 12 GiB) keeps its 4-bit layers."""
+    import bitsandbytes as bnb
+    import torch
+
+    from tests.conftest import tiny_llama
+
+    tiny_llama(vocab_size=256).save_pretrained(tmp_path)
+    gpu_limit = base_model.GPU_DENSE_LIMIT_GIB
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the limit a GPU has; the copy itself on CPU
+    monkeypatch.setattr(base_model, "compute_dtype", lambda: torch.float32)
+
+    def four_bit_layers(limit_gib: float) -> int:
+        monkeypatch.setattr(base_model, "GPU_DENSE_LIMIT_GIB", limit_gib)
+        with monkeypatch.context() as m:
+            m.setattr(torch.cuda, "is_available", lambda: False)  # loading in 4-bit happens on this CPU
+            model = base_model.load_model(str(tmp_path), "main", base_model.quantization_config(True, "nf4", True))
+        return sum(isinstance(m, bnb.nn.Linear4bit) for m in base_model.dense_copy(model).modules())
+
+    assert base_model.dense_limit_gib(on_gpu=True) < base_model.dense_limit_gib(on_gpu=False)
+    assert four_bit_layers(gpu_limit) == 0
+    assert four_bit_layers(1e-6) == 14  # 2 layers x 7 linear layers over a limit of 1 KiB stay 4-bit
+    smollm2 = 30 * (576 * (576 + 2 * 192 + 576) + 3 * 576 * 1536) * 2 / 2**30  # its dense bf16 linear weights
+    llama_7b = 32 * (4 * 4096 * 4096 + 3 * 4096 * 11008) * 2 / 2**30
+    assert smollm2 < gpu_limit < llama_7b
+
+
+def test_dense_copy_refuses_weights_repacked_for_bf16_inference(tmp_path):
     """bitsandbytes repacks a 4-bit weight at its first eval-mode forward on an AVX512-BF16 CPU;
     dequantizing the repacked bytes gives wrong weights, so the copy must come first."""
     from tests.conftest import tiny_llama
@@ -138,7 +166,7 @@ def test_dense_cpu_copy_refuses_weights_repacked_for_bf16_inference(tmp_path):
     model = base_model.load_model(str(tmp_path), "main", base_model.quantization_config(True, "nf4", True))
     model.model.layers[0].self_attn.q_proj.weight.quant_state.packing_format_for_cpu = True  # as the repacking leaves it
     with pytest.raises(RuntimeError, match="before the model's first forward"):
-        base_model.dense_cpu_copy(model)
+        base_model.dense_copy(model)
 
 
 def test_repeated_key_value_heads_compute_falcons_attention_and_are_undone():
@@ -178,7 +206,7 @@ def test_repeated_key_value_heads_compute_falcons_attention_and_are_undone():
         assert changed == 0
 
 
-def test_dense_cpu_copy_draws_nothing_from_the_random_generator(tmp_path):
+def test_dense_copy_draws_nothing_from_the_random_generator(tmp_path):
     """The adapter is seeded after the copy (train_model): a copy that drew random numbers would move its init."""
     import torch
 
@@ -187,7 +215,7 @@ def test_dense_cpu_copy_draws_nothing_from_the_random_generator(tmp_path):
     tiny_llama(vocab_size=256).save_pretrained(tmp_path)
     model = base_model.load_model(str(tmp_path), "main", base_model.quantization_config(True, "nf4", True))
     torch.manual_seed(0)
-    base_model.dense_cpu_copy(model)
+    base_model.dense_copy(model)
     after_copy = torch.rand(4)
     torch.manual_seed(0)
     assert torch.equal(after_copy, torch.rand(4))

@@ -64,7 +64,7 @@ def setup(tmp_path_factory, tokenizer):
 
 def train(setup, checkpoint_dir: Path, identity: dict = IDENTITY, extra: list | None = None, keep: bool = False):
     """What the train_qlora stage does, on the tiny model: resume if it can, train with checkpoints and a curve."""
-    model = base_model.dense_cpu_copy(base_model.load_model(str(setup.folder), "main",
+    model = base_model.dense_copy(base_model.load_model(str(setup.folder), "main",
                                                             base_model.quantization_config(True, "nf4", True)))
     checkpoints = Checkpoints(checkpoint_dir, identity)
     resume = checkpoints.start()

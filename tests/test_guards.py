@@ -20,7 +20,7 @@ def test_a_huge_learning_rate_stops_training_with_one_line(tmp_path, tokenizer):
     rows = [{"id": str(i), "text": f"item {i}", "label": ["snacks", "produce"][i % 2]} for i in range(16)]
     examples = encode_split(tokenizer, rows, task)
     task_train = params.replace(task.train, batch_size=2, learning_rate=1e30)
-    model = base_model.dense_cpu_copy(base_model.load_model(str(tmp_path / "base"), "main",
+    model = base_model.dense_copy(base_model.load_model(str(tmp_path / "base"), "main",
                                                             base_model.quantization_config(True, "nf4", True)))
     with pytest.raises(PipelineError) as error:
         train_model(model, tokenizer, examples, [], task_train, params.read("train"),

@@ -144,3 +144,25 @@ def test_packed_training_loses_what_padded_training_loses(arch, tmp_path, tokeni
     assert packed == pytest.approx(padded, rel=1e-5)
     # AdamW's first steps move every weight by about the rate (5e-3) whatever the gradient's size: 1e-5 is rounding
     assert all(torch.allclose(packed_weights[n], padded_weights[n], atol=1e-5) for n in padded_weights)
+
+
+def test_the_flop_count_walks_the_model_once_and_counts_what_the_trainer_counts(tmp_path, tokenizer, monkeypatch):
+    """The Trainer counts a step's FLOPs as 6 x tokens x non-embedding parameters, walking every module for the
+    count each step; the pipeline's trainer gives the same numbers from one walk."""
+    from transformers import Trainer
+
+    from tests.conftest import lora_params, tiny_llama
+
+    examples, task = _examples(tokenizer, "classification", n=4)
+    trained = methods.trainable(tiny_llama(len(tokenizer)), "qlora", lora_params(r=4, alpha=8), False, "")
+    trainer = build_trainer(trained, tokenizer, examples, [], params.replace(task.train, batch_size=2),
+                            params.read("train"), lora_params(), tmp_path, [])
+    batches = list(trainer.get_train_dataloader())
+    expected = [Trainer.floating_point_ops(trainer, b) for b in batches]
+    walks = []
+    inner = type(trainer.model.get_base_model())  # PEFT hands num_parameters on to the base model
+    counted = inner.num_parameters
+    monkeypatch.setattr(inner, "num_parameters",
+                        lambda self, *a, **k: walks.append(1) or counted(self, *a, **k))
+    assert [trainer.floating_point_ops(b) for b in batches] == expected
+    assert len(batches) == 2 and expected[0] > 0 and len(walks) == 1

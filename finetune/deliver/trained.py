@@ -100,10 +100,10 @@ def check_base_unchanged(run: TrainedRun) -> None:
 
 
 def load_base(run: TrainedRun, quantized: bool = True):
-    """The base model as training saw it: in 4-bit (dense-copied on CPU) when it was trained so, unless not `quantized`."""
+    """The base model as training saw it: in 4-bit (dense-copied when small) when it was trained so, unless not `quantized`."""
     check_base_unchanged(run)
     model = base_model.load_model(run.base_name, run.base_revision, run.quantization() if quantized else None)
-    return base_model.dense_cpu_copy(model)
+    return base_model.dense_copy(model)
 
 
 def load_trained(folder: str | Path):

@@ -27,7 +27,7 @@ def make_adapter(folder: Path, tokenizer, arch: str = "llama", kind: str = "clas
     (tiny_llama if arch == "llama" else tiny_falcon)(vocab_size=len(tokenizer)).save_pretrained(base)
     tokenizer.save_pretrained(base)
     quantization = {"quant_type": "nf4", "double_quant": True}
-    model = base_model.dense_cpu_copy(base_model.load_model(str(base), "main",
+    model = base_model.dense_copy(base_model.load_model(str(base), "main",
                                                             base_model.quantization_config(True, "nf4", True)))
     trained = methods.trainable(model, "qlora", lora_params(r=4, alpha=8, target_modules="all-linear"), False, str(base))
     model = trained.model

@@ -12,9 +12,12 @@ from trl import SFTTrainer
 from finetune.errors import PipelineError
 
 
-def advice(learning_rate: float, warmup_ratio: float) -> str:
-    """What to try, in the params' own words."""
-    return (f"lower the task's train.learning_rate (now {learning_rate:g}) or raise train.warmup_ratio "
+def advice(learning_rate: float, warmup_ratio: float, scaled_to: float | None = None) -> str:
+    """What to try, in the params' own words; `scaled_to`: the rate a GPU's grown batch trained at instead."""
+    rate = f"now {learning_rate:g}"
+    if scaled_to is not None and scaled_to != learning_rate:
+        rate += f", which the GPU's grown batch scaled to {scaled_to:.3g}; or set train.gpu_lr_scaling: none"
+    return (f"lower the task's train.learning_rate ({rate}) or raise train.warmup_ratio "
             f"(now {warmup_ratio:g}); no adapter was written")
 
 

@@ -31,6 +31,7 @@ GGUF_TYPES = Literal["f32", "f16", "bf16", "q8_0"]
 METHODS = Literal["qlora", "lora", "full"]
 LORA_INITS = Literal["default", "gaussian", "pissa", "olora", "loftq"]
 STRATEGIES = Literal["ddp", "fsdp"]
+LR_SCALINGS = Literal["sqrt", "none"]
 
 Count = Annotated[int, Field(ge=1)]             # 1, 2, ...
 Count0 = Annotated[int, Field(ge=0)]            # 0, 1, ...
@@ -227,6 +228,7 @@ class TrainParams(Section):
     compile: Switch
     gpu_batch_tokens: Count0
     gpu_min_steps: Count
+    gpu_lr_scaling: LR_SCALINGS
     logging_steps: Count
     checkpoint_minutes: Annotated[float, Field(ge=0)] | Literal["auto"]
     keep_checkpoint: bool

@@ -20,13 +20,15 @@ from finetune.prompts import IGNORE_INDEX
 
 
 def sft_config(task_train: TaskTrainParams, params: TrainParams, output_dir: str, has_validation: bool,
-               batch_size: int, accumulation: int | None = None, padding_free: bool = False) -> SFTConfig:
+               batch_size: int, accumulation: int | None = None, padding_free: bool = False,
+               learning_rate: float | None = None) -> SFTConfig:
     """TRL's SFTConfig with every setting this pipeline depends on set explicitly.
 
     SFTConfig's own defaults differ from the Trainer's and would change the recipe: bf16 on (~20x
     slower on CPU), activation checkpointing on (it is switched on on the model itself, by
     `methods.trainable`, when `train.gradient_checkpointing` asks), learning rate 2e-5, max_length 1024.
-    `batch_size` and `accumulation` are per process (default accumulation: train.gradient_accumulation).
+    `batch_size` and `accumulation` are per process (default accumulation: train.gradient_accumulation);
+    `learning_rate` is the schedule's peak (default: the task's).
     Padded batches are grouped by length (little padding); padding-free ones are drawn in random order, so that every
     step packs about the batch size times the mean length (grouped, some steps would pack only the longest examples).
     """
@@ -36,7 +38,8 @@ def sft_config(task_train: TaskTrainParams, params: TrainParams, output_dir: str
         output_dir=output_dir, seed=params.seed, data_seed=params.seed,
         num_train_epochs=task_train.epochs, per_device_train_batch_size=batch_size,
         per_device_eval_batch_size=batch_size * 2,
-        gradient_accumulation_steps=accumulation or params.gradient_accumulation, learning_rate=task_train.learning_rate,
+        gradient_accumulation_steps=accumulation or params.gradient_accumulation,
+        learning_rate=learning_rate or task_train.learning_rate,
         weight_decay=params.weight_decay, lr_scheduler_type="cosine",
         logging_steps=params.logging_steps, logging_first_step=True, save_strategy="no", report_to=[],
         eval_strategy="epoch" if has_validation else "no",
@@ -82,6 +85,8 @@ class PipelineTrainer(GuardedTrainer):
     SFTTrainer computes the loss through its fused LM head, over every position on CPU. The answer-only
     collator's batches ask for the logits of the answer positions only (`logits_to_keep`), so their loss
     is the model's own, as the transformers Trainer computes it: the same numbers, a fraction of the head.
+    Padding-free (packed) batches take the model's own loss too: the same numbers, fewer kernels and no
+    read-backs a step, which is what a small model's GPU step is bound by.
     """
 
     def _get_train_sampler(self, train_dataset=None):
@@ -121,7 +126,11 @@ class PipelineTrainer(GuardedTrainer):
         return inputs[main_input].numel() * self._flops_per_token
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if "logits_to_keep" in inputs:
+        packed = "position_ids" in inputs and "attention_mask" not in inputs and "labels" in inputs
+        if "logits_to_keep" in inputs or packed:
+            # Packed rows: TRL's collator masks the label of each example's first token, so the model's own
+            # shifted loss never crosses from one example into the next; it skips TRL's chunked LM head and
+            # its per-step entropy and token accuracy, read back from the GPU three times a step.
             return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
@@ -129,21 +138,23 @@ class PipelineTrainer(GuardedTrainer):
 def build_trainer(trained: Trainable, tokenizer, train_set: list[dict], validation_set: list[dict],
                   task_train: TaskTrainParams, params: TrainParams, lora: LoraParams, work_dir: Path,
                   callbacks: list, batch_size: int | None = None, accumulation: int | None = None,
-                  padding_free: bool | None = None) -> PipelineTrainer:
+                  padding_free: bool | None = None, learning_rate: float | None = None) -> PipelineTrainer:
     """The SFTTrainer for `trained`: the answer-only collator (or TRL's padding-free one), the divergence guards,
     LoRA+'s optimizer where asked, and the trainable weights as they were before TRL's bf16 cast.
     `batch_size` is examples per process step (default: the task's), `accumulation` steps per update (default:
-    train.gradient_accumulation), `padding_free` as decided (default: train.padding_free, `auto` decided here)."""
+    train.gradient_accumulation), `padding_free` as decided (default: train.padding_free, `auto` decided here),
+    `learning_rate` the peak rate (default: the task's; a GPU's grown batch scales it, `training.scaled_learning_rate`)."""
     model = trained.model
     batch_size = batch_size or task_train.batch_size
     if padding_free is None:
         padding_free = wants_padding_free(params.padding_free, [len(ex["input_ids"]) for ex in train_set],
                                           torch.cuda.is_available(), params.gpu_batch_tokens)
     args = sft_config(task_train, params, str(work_dir), has_validation=bool(validation_set), batch_size=batch_size,
-                      accumulation=accumulation, padding_free=padding_free)
-    what_to_try = advice(task_train.learning_rate, params.warmup_ratio)
+                      accumulation=accumulation, padding_free=padding_free, learning_rate=learning_rate)
+    learning_rate = learning_rate or task_train.learning_rate
+    what_to_try = advice(task_train.learning_rate, params.warmup_ratio, scaled_to=learning_rate)
     callbacks = [GradientGuard(what_to_try), *(c if isinstance(c, TrainerCallback) else c() for c in callbacks)]
-    optimizer = loraplus_optimizer(model, lora, task_train.learning_rate, params.weight_decay) if (
+    optimizer = loraplus_optimizer(model, lora, learning_rate, params.weight_decay) if (
         trained.method != "full" and lora.plus_lr_ratio > 0) else None
     with weights_kept(model):  # SFTTrainer casts a quantized base's LoRA weights to bf16, even on CPU
         trainer = PipelineTrainer(

@@ -41,3 +41,13 @@ def test_a_non_finite_gradient_is_caught_before_the_optimizer_step(bad):
         guard.on_pre_optimizer_step(None, SimpleNamespace(global_step=7), None, model=layer)
     layer.weight.grad[0, 0] = 1.0
     assert guard.on_pre_optimizer_step(None, SimpleNamespace(global_step=7), "control", model=layer) == "control"
+
+
+def test_the_advice_names_the_rate_a_grown_batch_trained_at_beside_the_params_own():
+    from finetune.guards import advice
+
+    plain = advice(0.001, 0.05)
+    assert "train.learning_rate (now 0.001)" in plain and "gpu_lr_scaling" not in plain
+    scaled = advice(0.001, 0.05, scaled_to=0.0041)
+    assert "now 0.001, which the GPU's grown batch scaled to 0.0041" in scaled
+    assert "train.gpu_lr_scaling: none" in scaled

@@ -166,3 +166,16 @@ def test_the_flop_count_walks_the_model_once_and_counts_what_the_trainer_counts(
                         lambda self, *a, **k: walks.append(1) or counted(self, *a, **k))
     assert [trainer.floating_point_ops(b) for b in batches] == expected
     assert len(batches) == 2 and expected[0] > 0 and len(walks) == 1
+
+
+def test_the_trainer_takes_the_rate_it_is_given_and_the_tasks_by_default(tmp_path, tokenizer):
+    from tests.conftest import lora_params, tiny_llama
+
+    examples, task = _examples(tokenizer, "classification", n=4)
+    rates = []
+    for given in (None, 0.0041):
+        trained = methods.trainable(tiny_llama(len(tokenizer)), "qlora", lora_params(r=4, alpha=8), False, "")
+        trainer = build_trainer(trained, tokenizer, examples, [], task.train, params.read("train"), lora_params(),
+                                tmp_path / str(given), [], learning_rate=given)
+        rates.append(trainer.args.learning_rate)
+    assert rates == [task.train.learning_rate, 0.0041]

@@ -190,3 +190,17 @@ def test_train_result_counts_a_4bit_model_at_its_dense_size(tmp_path, tokenizer)
     assert result.steps == 1 and result.trainable_parameters > 0
     assert result.total_parameters == dense_size + result.trainable_parameters
 
+
+
+def test_a_grown_batch_trains_at_the_square_root_of_its_growth_times_the_tasks_rate():
+    from finetune.training import scaled_learning_rate
+
+    assert scaled_learning_rate(1e-3, 64, 16, "sqrt") == pytest.approx(2e-3)
+    assert scaled_learning_rate(1e-3, 269, 16, "sqrt") == pytest.approx(1e-3 * (269 / 16) ** 0.5)
+    assert scaled_learning_rate(1e-3, 16, 16, "sqrt") == 1e-3  # CPU, or a batch the GPU did not grow
+    assert scaled_learning_rate(1e-3, 269, 16, "none") == 1e-3
+
+
+def test_an_unknown_learning_rate_scaling_is_refused_with_its_choices():
+    with pytest.raises(PipelineError, match="gpu_lr_scaling"):
+        params.replace(params.read("train"), gpu_lr_scaling="linear")

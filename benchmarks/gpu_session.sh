@@ -3,7 +3,7 @@
 #   setsid nohup bash benchmarks/gpu_session.sh PLAN /root/res > /root/res.log 2>&1 &
 # PLAN: packing (2026-12-02, first session: the 7B shapes packed, checkpointing by memory) or small-model (2026-12-02,
 # second session: SmolLM2-135M with its NF4 weights held dense, its learning rate for packed steps, the seeds' epoch,
-# label scoring by batch, the 7B cases not yet run on the H200).
+# label scoring by batch).
 # It outlasts one 10-minute call, so it runs in the background on the held machine. Each case writes its JSON as it
 # goes; a failing command is reported and the next one runs. The SmolLM2 cases wait for its GGUF, which travels in
 # parts (/root/gguf.part-*, then /root/gguf.ready): it is larger than what one call carries.
@@ -34,15 +34,12 @@ packing() {
 
 small_model() {
     smollm2
-    run python3 -u -m benchmarks.instacart_smollm2 run --model /root/smol --cases project project-lr2e-3 \
-        project-lr3e-3 project-100-steps-lr3e-3 project-4bit-layers seeds --seeds-budget-s 60 \
+    run python3 -u -m benchmarks.instacart_smollm2 run --model /root/smol --cases project seeds --seeds-budget-s 60 \
         --pipeline-cases none --out "$RES" --work /root/work
-    run python3 -u -m benchmarks.label_scoring_batch --model /root/smol --batches 64 256 512 1024 \
-        --layers dense 4bit --out "$RES"
-    run python3 -m benchmarks.qlora_throughput run --models llama-7b --workloads instacart full512 dialogue \
-        --paths project-eager seeds --out "$RES"
-    run python3 -m benchmarks.qlora_throughput run --models falcon-7b --workloads instacart full512 dialogue \
-        --paths project-low-memory project-eager --out "$RES"
+    run python3 -u -m benchmarks.label_scoring_batch --model /root/smol --batches 256 512 1024 --layers dense 4bit \
+        --out "$RES"
+    run python3 -u -m benchmarks.instacart_smollm2 run --model /root/smol --cases project-4bit-layers project-200-steps \
+        --pipeline-cases none --out "$RES" --work /root/work
 }
 
 case "$PLAN" in

@@ -194,10 +194,11 @@ FOUR_BIT_LAYERS = "four_bit_layers"  # a case key that is not a param: keep the 
 PROJECT_CASES = {  # name -> (train param overrides on top of params.yaml, evaluate too); probes time a tenth of an epoch
     "project": ({}, True),
     "project-4bit-layers": ({FOUR_BIT_LAYERS: True}, True),
-    "project-lr2e-3": ({"learning_rate": 0.002}, True),
-    "project-lr3e-3": ({"learning_rate": 0.003}, True),
-    "project-100-steps": ({"gpu_min_steps": 100}, True),
-    "project-100-steps-lr3e-3": ({"gpu_min_steps": 100, "learning_rate": 0.003}, True),
+    # before train.gpu_lr_scaling (the task's rate as it is) and gpu_min_steps 100: 169 products a step, 201 steps
+    "project-200-steps": ({"gpu_min_steps": 200, "gpu_lr_scaling": "none"}, True),
+    "project-lr2e-3": ({"gpu_min_steps": 200, "gpu_lr_scaling": "none", "learning_rate": 0.002}, True),
+    "project-lr3e-3": ({"gpu_min_steps": 200, "gpu_lr_scaling": "none", "learning_rate": 0.003}, True),
+    "project-100-steps-lr3e-3": ({"gpu_min_steps": 100, "gpu_lr_scaling": "none", "learning_rate": 0.003}, True),
     "project-padded": ({"padding_free": False}, True),
     "project-compiled": ({"compile": True}, True),
     "project-b128": ({"batch_size": 128}, True),

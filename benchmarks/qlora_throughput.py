@@ -12,7 +12,7 @@ LoRA r=16 alpha=32 on all linear layers, sequence at most 512.
            `train.gpu_batch_tokens`, checkpointing by size), dynamic padding with length-grouped
            batches, loss on the answers only. The Trainer is stopped after the timed steps.
 
-Workloads (the token ids are random; the lengths and answer positions are real):
+Workloads (`benchmarks/workloads.py`; the token ids are random, the lengths and answer positions real):
 
 - instacart: the Instacart training split (33,806 products) as train_qlora encodes it: the
              product-classification work of seeds 000 and 001, which ran it on Falcon-7B / Llama-2-7B.
@@ -33,74 +33,15 @@ import argparse
 import datetime
 import importlib.metadata
 import json
-import statistics
 import time
 from pathlib import Path
 
 import torch
 
 from benchmarks.measure import MATMUL_CEILING_TFLOPS, free
+from benchmarks.workloads import IGNORE_INDEX, SEQUENCE, describe, profile, workload
 
-SEQUENCE = 512
-IGNORE_INDEX = -100
 LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")
-
-
-# ---------------------------------------------------------------- length profiles (on the CPU machine)
-
-def label_spans(labels: list[int]) -> list[list[int]]:
-    """[start, end) runs of positions that carry a label."""
-    spans, start = [], None
-    for i, label in enumerate(labels + [IGNORE_INDEX]):
-        if label != IGNORE_INDEX and start is None:
-            start = i
-        elif label == IGNORE_INDEX and start is not None:
-            spans.append([start, i])
-            start = None
-    return spans
-
-
-def profile(out: Path, instacart_split: Path) -> None:
-    """The real lengths and answer positions of each workload, encoded as the pipeline encodes them."""
-    from finetune import base_model, dialogues, params, sources
-    from finetune.chat import encode_conversation
-    from finetune.embedded import EMBEDDED_DIR
-    from finetune.files import read_jsonl
-    from finetune.training import encode_split
-
-    tokenizer = base_model.load_tokenizer(EMBEDDED_DIR, "main")
-    instacart = encode_split(tokenizer, read_jsonl(instacart_split / "train.jsonl"),
-                             params.read_task("params.yaml", None, "instacart"))
-    conversations, _ = dialogues.build_dialogues(sources.load_chitchat(), "chitchat", "chitchat", "", "", [], 0)
-    dialogue = [encode_conversation(tokenizer, m, "", "plain", SEQUENCE) for m in conversations["messages"]]
-    record = {name: [[len(e["input_ids"]), label_spans(e["labels"])] for e in encoded]
-              for name, encoded in (("instacart", instacart), ("dialogue", dialogue))}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record))
-    for name, rows in record.items():
-        lengths = [n for n, _ in rows]
-        print(f"{name}: {len(lengths)} examples, mean {statistics.mean(lengths):.1f}, longest {max(lengths)}")
-
-
-def describe(rows: list) -> dict:
-    lengths = sorted(n for n, _ in rows)
-    return {"examples": len(lengths), "mean_tokens": round(statistics.mean(lengths), 1),
-            "median_tokens": lengths[len(lengths) // 2], "longest": lengths[-1],
-            "padding_waste_at_512": round(SEQUENCE / statistics.mean(lengths), 2)}
-
-
-def workload(name: str, profiles: dict, vocab: int, seed: int = 0) -> list[dict]:
-    """Examples with random ids in `vocab` and the workload's real lengths and label positions."""
-    gen = torch.Generator().manual_seed(seed)
-    rows = profiles[name] if name != "full512" else [[SEQUENCE, [[0, SEQUENCE]]]] * 4096
-    examples = []
-    for length, spans in rows:
-        ids = torch.randint(0, vocab, (length,), generator=gen).tolist()
-        labels = [IGNORE_INDEX] * length
-        for start, end in spans:
-            labels[start:end] = ids[start:end]
-        examples.append({"input_ids": ids, "attention_mask": [1] * length, "labels": labels})
-    return examples
 
 
 # ---------------------------------------------------------------- models (on the GPU machine)

@@ -192,7 +192,7 @@ def project_measure(folder: Path, examples: list[dict], steps: int, warmup: int,
     import tempfile
 
     from finetune import base_model, params
-    from finetune.params import TaskTrainParams
+    from finetune.param_schemas import TaskTrainParams
     from finetune.training import train_model
 
     # A fresh base model per workload, as train_qlora loads one: train_model freezes and wraps it.
@@ -226,7 +226,7 @@ def packing_check(folder: Path, examples: list[dict], n: int = 64) -> dict:
     import tempfile
 
     from finetune import base_model, methods, params
-    from finetune.params import TaskTrainParams
+    from finetune.param_schemas import TaskTrainParams
     from finetune.sft import build_trainer
 
     model = base_model.load_model(str(folder), "main", base_model.quantization_config(True, "nf4", True))

@@ -8,7 +8,7 @@ import torch
 from peft import LoraConfig
 
 from finetune.errors import PipelineError
-from finetune.params import LoraParams
+from finetune.param_schemas import LoraParams
 
 ALL_LINEAR = "all-linear"
 

@@ -6,7 +6,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion, make_pipeline
 
-from finetune.params import BaselineParams
+from finetune.param_schemas import BaselineParams
 
 
 def fit_predict(train_texts: list[str], train_labels: list[str], test_texts: list[str],

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
 from finetune.errors import PipelineError
-from finetune.params import DistributedParams
+from finetune.param_schemas import DistributedParams
 from finetune.stage import ERRORS_ENV
 
 T = TypeVar("T")

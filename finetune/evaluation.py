@@ -11,7 +11,7 @@ from finetune.errors import PipelineError
 from finetune.generation import generate, perplexity
 from finetune.methods import models_side_by_side
 from finetune.metrics import classification_metrics, generation_metrics, rouge_l_per_answer
-from finetune.params import BaselineParams, Task
+from finetune.param_schemas import BaselineParams, Task
 from finetune.prompts import render_prompt
 
 METHODS = ("label_scoring", "generation")

@@ -18,7 +18,7 @@ from peft import get_peft_model
 from finetune import base_model
 from finetune.adapters import REWRITES_BASE, load_adapter, lora_config
 from finetune.errors import PipelineError
-from finetune.params import LoraParams, QuantizationParams
+from finetune.param_schemas import LoraParams, QuantizationParams
 
 METHODS = ("qlora", "lora", "full")
 

@@ -15,20 +15,20 @@ from finetune import distributed
 from finetune.batching import AnswerOnlyCollator, attention_kept_inside_packed_examples, wants_padding_free
 from finetune.guards import GradientGuard, GuardedTrainer, advice
 from finetune.methods import Trainable
-from finetune.params import LoraParams, TaskTrainParams, TrainParams
+from finetune.param_schemas import LoraParams, TaskTrainParams, TrainParams
 from finetune.prompts import IGNORE_INDEX
 
 
 def sft_config(task_train: TaskTrainParams, params: TrainParams, output_dir: str, has_validation: bool,
-               batch_size: int, accumulation: int | None = None, padding_free: bool = False,
-               learning_rate: float | None = None) -> SFTConfig:
+               batch_size: int, learning_rate: float, accumulation: int | None = None,
+               padding_free: bool = False) -> SFTConfig:
     """TRL's SFTConfig with every setting this pipeline depends on set explicitly.
 
     SFTConfig's own defaults differ from the Trainer's and would change the recipe: bf16 on (~20x
     slower on CPU), activation checkpointing on (it is switched on on the model itself, by
     `methods.trainable`, when `train.gradient_checkpointing` asks), learning rate 2e-5, max_length 1024.
     `batch_size` and `accumulation` are per process (default accumulation: train.gradient_accumulation);
-    `learning_rate` is the schedule's peak (default: the task's).
+    `learning_rate` is the schedule's peak (build_trainer resolves it: the task's, or a GPU's scaled one).
     Padded batches are grouped by length (little padding); padding-free ones are drawn in random order, so that every
     step packs about the batch size times the mean length (grouped, some steps would pack only the longest examples).
     """
@@ -39,7 +39,7 @@ def sft_config(task_train: TaskTrainParams, params: TrainParams, output_dir: str
         num_train_epochs=task_train.epochs, per_device_train_batch_size=batch_size,
         per_device_eval_batch_size=batch_size * 2,
         gradient_accumulation_steps=accumulation or params.gradient_accumulation,
-        learning_rate=learning_rate or task_train.learning_rate,
+        learning_rate=learning_rate,
         weight_decay=params.weight_decay, lr_scheduler_type="cosine",
         logging_steps=params.logging_steps, logging_first_step=True, save_strategy="no", report_to=[],
         eval_strategy="epoch" if has_validation else "no",
@@ -149,9 +149,9 @@ def build_trainer(trained: Trainable, tokenizer, train_set: list[dict], validati
     if padding_free is None:
         padding_free = wants_padding_free(params.padding_free, [len(ex["input_ids"]) for ex in train_set],
                                           torch.cuda.is_available(), params.gpu_batch_tokens)
-    args = sft_config(task_train, params, str(work_dir), has_validation=bool(validation_set), batch_size=batch_size,
-                      accumulation=accumulation, padding_free=padding_free, learning_rate=learning_rate)
     learning_rate = learning_rate or task_train.learning_rate
+    args = sft_config(task_train, params, str(work_dir), has_validation=bool(validation_set), batch_size=batch_size,
+                      learning_rate=learning_rate, accumulation=accumulation, padding_free=padding_free)
     what_to_try = advice(task_train.learning_rate, params.warmup_ratio, scaled_to=learning_rate)
     callbacks = [GradientGuard(what_to_try), *(c if isinstance(c, TrainerCallback) else c() for c in callbacks)]
     optimizer = loraplus_optimizer(model, lora, learning_rate, params.weight_decay) if (

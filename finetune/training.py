@@ -24,7 +24,8 @@ from finetune.sft import build_trainer
 from finetune.files import atomic_path, write_json
 from finetune.chat import encode_conversation
 from finetune.methods import Trainable
-from finetune.params import LoraParams, Task, TaskTrainParams, TrainParams, switch
+from finetune.param_schemas import LoraParams, Task, TaskTrainParams, TrainParams
+from finetune.params import switch
 from finetune.prompts import IGNORE_INDEX, answer_ids, check_room, encode_example, render_prompt
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from finetune import base_model, distributed, methods, params
+from finetune import base_model, distributed, methods, param_schemas, params
 from finetune.evaluation import confusion_rows, evaluate_classification, evaluate_generation, headline
 from finetune.files import read_jsonl, write_csv, write_json
 from finetune.stage import run
@@ -27,8 +27,9 @@ def main() -> None:
     parser.add_argument("confusion", help="output: actual vs predicted label per model (CSV, the confusion plots)")
     args = parser.parse_args()
     task, p = params.read_stage(PARAMS)
-    launch = params.DistributedParams(processes=p["distributed.processes"], machines=p["distributed.machines"],
-                                      strategy="ddp")  # every process holds the whole model; the batches are shared
+    launch = param_schemas.DistributedParams(processes=p["distributed.processes"],
+                                             machines=p["distributed.machines"],
+                                             strategy="ddp")  # every process holds the whole model; the batches are shared
     if distributed.relaunch(launch):
         return
     distributed.start()

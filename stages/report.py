@@ -5,13 +5,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from finetune import params
+from finetune import param_schemas, params
 from finetune.files import atomic_path, read_json
 from finetune.reporting import build_report
 from finetune.stage import run
 
-PARAMS = tuple(params.SECTIONS)  # the report prints every param, so every section is its dependency
-TASK_PARTS = tuple(params.TASK_PARTS)
+PARAMS = tuple(param_schemas.SECTIONS)  # the report prints every param, so every section is its dependency
+TASK_PARTS = tuple(param_schemas.TASK_PARTS)
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, FalconConfig, FalconForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from finetune import params
+from finetune import param_schemas, params
 from finetune.embedded import EMBEDDED_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +40,7 @@ def tiny_falcon(vocab_size: int, seed: int = 0) -> FalconForCausalLM:
     return FalconForCausalLM(config).eval()
 
 
-def lora_params(**changes) -> params.LoraParams:
+def lora_params(**changes) -> param_schemas.LoraParams:
     """params.yaml's lora section with some values changed (a small adapter for tiny models)."""
     return params.replace(params.read("lora"), **changes)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, TrainerCallback
 
-from finetune import distributed, methods, params
+from finetune import distributed, methods, param_schemas, params
 from finetune.embedded import EMBEDDED_DIR
 from finetune.training import train_model
 from tests.conftest import ROOT, tiny_llama
@@ -48,7 +48,7 @@ def train(out: Path, method: str, batch: int, accumulation: int) -> None:
         tiny_llama(len(tokenizer)).save_pretrained(base)
         tokenizer.save_pretrained(base)
     distributed.barrier()
-    task_train = params.TaskTrainParams(epochs=1, batch_size=batch, learning_rate=1e-3, max_length=64)
+    task_train = param_schemas.TaskTrainParams(epochs=1, batch_size=batch, learning_rate=1e-3, max_length=64)
     train_p = params.replace(params.read("train", ROOT / "params.yaml"), method=method, logging_steps=1,
                              gradient_accumulation=accumulation, checkpoint_minutes=0)
     model = methods.load_base(str(base), "main", method, params.read("quantization", ROOT / "params.yaml"), dense=False)

@@ -10,14 +10,14 @@ import sys
 import pytest
 import torch
 
-from finetune import distributed, methods, params
+from finetune import distributed, methods, param_schemas, params
 from finetune.base_model import compute_dtype
 from finetune.batching import length_batches
 from finetune.errors import PipelineError
 from tests import distributed_training
 from tests.conftest import ROOT
 
-DDP = params.DistributedParams(processes=2, machines=1, strategy="ddp")
+DDP = param_schemas.DistributedParams(processes=2, machines=1, strategy="ddp")
 
 
 def test_more_processes_share_the_batch_per_update():

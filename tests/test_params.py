@@ -6,7 +6,7 @@ import importlib
 import pytest
 import yaml
 
-from finetune import params
+from finetune import param_schemas, params
 from finetune.errors import PipelineError
 from tests.conftest import ROOT
 
@@ -144,15 +144,15 @@ def test_evaluation_batch_size_auto_is_64_on_cpu_and_512_on_a_gpu():
 
 
 def test_the_closed_choices_params_allow_are_those_the_code_acts_on():
-    """params.py declares the allowed values without importing the modules that act on them (it sits below them)."""
+    """param_schemas.py declares the allowed values without importing the modules that act on them (it sits below them)."""
     import typing
 
     from finetune import chat, dialogues, evaluation
     from finetune.deliver import gguf, merge
 
-    for literal, values in ((params.CHAT_TEMPLATES, chat.CHAT_TEMPLATES), (params.FORMATS, dialogues.FORMATS),
-                            (params.LABEL_METHODS, evaluation.METHODS), (params.MERGE_INTO, merge.MERGE_INTO),
-                            (params.GGUF_TYPES, gguf.OUTTYPES)):
+    for literal, values in ((param_schemas.CHAT_TEMPLATES, chat.CHAT_TEMPLATES), (param_schemas.FORMATS, dialogues.FORMATS),
+                            (param_schemas.LABEL_METHODS, evaluation.METHODS), (param_schemas.MERGE_INTO, merge.MERGE_INTO),
+                            (param_schemas.GGUF_TYPES, gguf.OUTTYPES)):
         assert set(typing.get_args(literal)) == set(values)
 
 

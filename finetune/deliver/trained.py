@@ -15,7 +15,7 @@ from finetune.adapters import load_adapter
 from finetune.errors import PipelineError
 from finetune.files import read_json
 from finetune.methods import is_whole_model
-from finetune.params import ChatPromptParams, LabelPromptParams
+from finetune.param_schemas import ChatPromptParams, LabelPromptParams
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,12 +3,15 @@
 #   setsid nohup bash benchmarks/gpu_session.sh PLAN /root/res > /root/res.log 2>&1 &
 # PLAN: packing (2026-12-02, first session: the 7B shapes packed, checkpointing by memory) or small-model (2026-12-02,
 # second session: SmolLM2-135M with its NF4 weights held dense, its learning rate for packed steps, the seeds' epoch,
-# label scoring by batch).
+# label scoring by batch) or current-code (2026-12-02, third session: the 7B shapes on the second session's code, with
+# the compile-off path, Falcon's low-memory mode and the seeds' dialogue workload; no GGUF needed) or varlen
+# (2026-12-03, fourth session: packed rows' attention by flash varlen, beside the masked SDPA it replaced, and a
+# batch of 8,192 tokens; each command also fits one 10-minute call, which is how that session ran them).
 # It outlasts one 10-minute call, so it runs in the background on the held machine. Each case writes its JSON as it
 # goes; a failing command is reported and the next one runs. The SmolLM2 cases wait for its GGUF, which travels in
 # parts (/root/gguf.part-*, then /root/gguf.ready): it is larger than what one call carries.
 set -u
-PLAN=${1:?packing or small-model}
+PLAN=${1:?packing, small-model, current-code or varlen}
 RES=${2:-/root/res}
 mkdir -p "$RES"
 export PYTHONUNBUFFERED=1
@@ -42,9 +45,31 @@ small_model() {
         --pipeline-cases none --out "$RES" --work /root/work
 }
 
+current_code() {
+    run python3 -m benchmarks.qlora_throughput run --models llama-7b --workloads instacart full512 \
+        --paths seeds project project-eager project-low-memory --packing-check --out "$RES"
+    run python3 -m benchmarks.qlora_throughput run --models falcon-7b --workloads instacart full512 \
+        --paths seeds project project-low-memory --packing-check --out "$RES"
+    run python3 -m benchmarks.qlora_throughput run --models llama-7b --workloads dialogue \
+        --paths seeds project --out "$RES"
+}
+
+varlen() {
+    run python3 -m benchmarks.qlora_throughput run --models llama-7b --workloads instacart full512 \
+        --paths seeds project project-low-memory project-8k --packing-check --out "$RES"
+    run python3 -m benchmarks.qlora_throughput run --models llama-7b --workloads instacart --paths project-masked \
+        --out "$RES"
+    run python3 -m benchmarks.qlora_throughput run --models falcon-7b --workloads instacart full512 \
+        --paths seeds project project-masked project-low-memory --packing-check --out "$RES"
+    run python3 -m benchmarks.qlora_throughput run --models llama-7b --workloads dialogue \
+        --paths seeds project --out "$RES"
+}
+
 case "$PLAN" in
     packing) packing ;;
     small-model) small_model ;;
-    *) echo "unknown plan $PLAN: packing or small-model"; exit 2 ;;
+    current-code) current_code ;;
+    varlen) varlen ;;
+    *) echo "unknown plan $PLAN: packing, small-model, current-code or varlen"; exit 2 ;;
 esac
 echo "== done $(date -u +%H:%M:%S)"

@@ -183,6 +183,9 @@ PATH_TRAIN = {  # train settings each project path changes from params.yaml
     "project-eager": {"compile": False},
     "project-low-memory": {"gradient_checkpointing": True},
     "project-padded": {"padding_free": False},
+    "project-masked": {},  # packed rows through SDPA with their mask: flash varlen declined (the code before it)
+    "project-4k": {"gpu_batch_tokens": 4096},  # the default until 2026-12-03
+    "project-8k": {"gpu_batch_tokens": 8192},
 }
 
 
@@ -191,7 +194,7 @@ def project_measure(folder: Path, examples: list[dict], steps: int, warmup: int,
     """train_model on the workload, as train_qlora runs it, stopped after `warmup + steps` steps."""
     import tempfile
 
-    from finetune import base_model, params
+    from finetune import base_model, params, sft
     from finetune.param_schemas import TaskTrainParams
     from finetune.training import train_model
 
@@ -205,16 +208,29 @@ def project_measure(folder: Path, examples: list[dict], steps: int, warmup: int,
     lora = params.replace(params.read("lora"), r=16, alpha=32)
     train_p = params.replace(params.read("train"), **PATH_TRAIN[path])
     callbacks = [clock.callback] + ([profile_callback(profile_to, warmup, steps)] if profile_to else [])
-    with tempfile.TemporaryDirectory() as work:
-        tokenizer = stand_in_tokenizer()
-        trained, result = train_model(model, tokenizer, examples, [], task_train, train_p, lora, Path(work),
-                                      callbacks=callbacks)
-        peft_model = trained.model
+    varlen_calls = []
+    kernel = sft.flash_over_examples
+
+    def counted_kernel(*args):  # how many attention calls flash varlen served (project-masked: none, SDPA serves)
+        out = None if path == "project-masked" else kernel(*args)
+        varlen_calls.append(out is not None)
+        return out
+
+    sft.flash_over_examples = counted_kernel
+    try:
+        with tempfile.TemporaryDirectory() as work:
+            tokenizer = stand_in_tokenizer()
+            trained, result = train_model(model, tokenizer, examples, [], task_train, train_p, lora, Path(work),
+                                          callbacks=callbacks)
+            peft_model = trained.model
+    finally:
+        sft.flash_over_examples = kernel
     seconds, timed = clock.window()
     tokens = sum(real_tokens[warmup:warmup + timed])
     out = figures(result.batch_size, seconds, timed, tokens, None, result.gradient_checkpointing,
                   loss=result.final_loss, peak_gib=result.peak_memory_gib)
-    out.update(compiled=result.compiled, padding_free=result.padding_free, warmup_steps=warmup, warmup_s=clock.warmup_s(),
+    out.update(compiled=result.compiled, padding_free=result.padding_free, varlen_attention_calls=sum(varlen_calls),
+               masked_attention_calls=len(varlen_calls) - sum(varlen_calls), warmup_steps=warmup, warmup_s=clock.warmup_s(),
                step_times=[round(b - a, 3) for a, b in zip(clock.ends, clock.ends[1:])])
     del peft_model, model
     free()
@@ -222,32 +238,51 @@ def project_measure(folder: Path, examples: list[dict], steps: int, warmup: int,
 
 
 def packing_check(folder: Path, examples: list[dict], n: int = 64) -> dict:
-    """The loss of the same `n` examples in one padded batch and in one packed row, through build_trainer's batches."""
+    """The loss and the LoRA weights' gradient of the same `n` examples in one padded batch and in one packed row,
+    through build_trainer's batches: on a GPU the packed row's attention is flash varlen, the padded batch's SDPA;
+    `masked_*`: the packed row through SDPA and its mask, as before flash varlen (the same kernel as the padded batch,
+    so its difference is the bf16 rounding of the rows' other shapes, and the packed one's beyond it the kernels')."""
     import tempfile
 
-    from finetune import base_model, methods, params
+    from finetune import base_model, methods, params, sft
     from finetune.param_schemas import TaskTrainParams
-    from finetune.sft import build_trainer
 
     model = base_model.load_model(str(folder), "main", base_model.quantization_config(True, "nf4", True))
     lora = params.replace(params.read("lora"), r=16, alpha=32)
     trained = methods.trainable(model, "qlora", lora, False, "")
     task_train = TaskTrainParams(epochs=1, batch_size=n, learning_rate=2e-4, max_length=SEQUENCE)
     tokenizer = stand_in_tokenizer()
-    losses = {}
-    with tempfile.TemporaryDirectory() as work, torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-        for padding_free in (False, True):
+    losses, grads = {}, {}
+    weights = [p for p in trained.model.parameters() if p.requires_grad]
+    kernel = sft.flash_over_examples
+    with tempfile.TemporaryDirectory() as work, torch.autocast("cuda", dtype=torch.bfloat16):
+        for name in ("padded", "packed", "packed_masked"):  # packed_masked: SDPA over the row with its mask
+            padding_free = name != "padded"
+            sft.flash_over_examples = (lambda *args: None) if name == "packed_masked" else kernel
             train_p = params.replace(params.read("train"), padding_free=padding_free)
-            trainer = build_trainer(trained, tokenizer, examples[:n], [], task_train, train_p, lora,
-                                    Path(work) / str(padding_free), [], padding_free=padding_free)
+            trainer = sft.build_trainer(trained, tokenizer, examples[:n], [], task_train, train_p, lora,
+                                        Path(work) / name, [], padding_free=padding_free)
             batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
-            losses["packed" if padding_free else "padded"] = float(trainer.compute_loss(trained.model.eval(), batch))
+            loss = trainer.compute_loss(trained.model.eval(), batch)
+            loss.backward()
+            losses[name] = float(loss)
+            grads[name] = torch.cat([p.grad.float().flatten() for p in weights if p.grad is not None])
+            trained.model.zero_grad(set_to_none=True)
             if trainer.packed_mask is not None:
                 trainer.packed_mask.remove()
-    del trained, model
+    sft.flash_over_examples = kernel
+
+    def gradient_difference(name: str) -> float:
+        return round(float((grads[name] - grads["padded"]).norm() / grads["padded"].norm()), 6)
+
+    out = {"examples": n, **{k: round(v, 5) for k, v in losses.items()},
+           "relative_difference": round(abs(losses["packed"] - losses["padded"]) / losses["padded"], 6),
+           "gradient_relative_difference": gradient_difference("packed"),
+           "masked_relative_difference": round(abs(losses["packed_masked"] - losses["padded"]) / losses["padded"], 6),
+           "masked_gradient_relative_difference": gradient_difference("packed_masked")}
+    del trained, model, grads
     free()
-    return {"examples": n, **{k: round(v, 5) for k, v in losses.items()},
-            "relative_difference": round(abs(losses["packed"] - losses["padded"]) / losses["padded"], 6)}
+    return out
 
 
 def figures(batch: int, seconds: float, steps: int, real_tokens: int, padded_tokens: int | None,
@@ -344,7 +379,8 @@ def main() -> None:
     p.add_argument("--workloads", nargs="+", default=["instacart", "dialogue", "full512"])
     p.add_argument("--paths", nargs="+", default=["seeds", "project"], choices=["seeds", *PATH_TRAIN],
                    help="project-eager: train.compile off; project-low-memory: train.gradient_checkpointing true; "
-                        "project-padded: train.padding_free false")
+                        "project-padded: train.padding_free false; project-masked: packed rows through SDPA and their "
+                        "mask, not flash varlen; project-4k / project-8k: train.gpu_batch_tokens 4096 / 8192")
     p.add_argument("--packing-check", action="store_true",
                    help="the loss of the same examples packed and padded, on the model in 4-bit (bf16 compute)")
     p.add_argument("--profile", action="store_true", help="write a torch.profiler table of 3 timed project steps")

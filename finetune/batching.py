@@ -45,22 +45,93 @@ def packed_attention_mask(position_ids: torch.Tensor) -> torch.Tensor:
     return ((example[:, :, None] == example[:, None, :]) & causal)[:, None]
 
 
-def attention_kept_inside_packed_examples(model):
-    """Give `model` the attention mask of its packed rows whenever it is called with position ids and no mask.
+def packed_layout(position_ids: torch.Tensor) -> dict:
+    """Where each packed example starts in the flattened rows (positions restart at 0 with each, and every row starts
+    one): its cumulative offsets as int32, the longest example's length and the token count, as varlen kernels take
+    them. Reads the longest length back from the device once."""
+    flat = position_ids.reshape(-1)
+    starts = (flat == 0).nonzero().flatten()
+    ends = torch.cat([starts, starts.new_tensor([flat.numel()])])
+    return {"offsets": ends.to(torch.int32), "longest": int((ends[1:] - ends[:-1]).max()), "tokens": flat.numel()}
 
-    transformers builds that mask from the position ids by itself only in models that pass them to their mask
-    (Llama does; Falcon's `create_causal_mask` call leaves them out, so its packed examples would attend to each
-    other). A 4-D mask is taken as it is by every model. Returns the hook's handle (`.remove()` ends it).
+
+def flash_over_examples(query, key, value, offsets, longest: int, scale: float | None):
+    """Causal flash attention over each packed example alone (PyTorch's varlen kernel), on (tokens, heads, head size)
+    tensors; None where it does not apply: not on a GPU, neither in bf16/fp16 nor under autocast, a PyTorch without
+    the kernel, or a scale this PyTorch's kernel does not take. Its cost is the examples' own attention, not the whole
+    row's. fp32 inputs under autocast (Falcon's fp32 layer norms hand its attention fp32) are computed in the autocast
+    dtype and handed back in fp32, as transformers' own flash attention does."""
+    if not query.is_cuda:
+        return None
+    dtype = query.dtype
+    if dtype not in (torch.bfloat16, torch.float16):
+        if not torch.is_autocast_enabled("cuda"):
+            return None
+        half = torch.get_autocast_dtype("cuda")
+        query, key, value = query.to(half), key.to(half), value.to(half)
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    import inspect
+
+    takes = inspect.signature(varlen_attn).parameters
+    kwargs = {"is_causal": True} if "is_causal" in takes else {"window_size": (-1, 0)}  # PyTorch 2.10 / 2.11 on
+    if scale is not None and abs(scale - query.shape[-1] ** -0.5) > 1e-6 * scale:
+        if "scale" not in takes:
+            return None
+        kwargs["scale"] = scale
+    return varlen_attn(query, key, value, offsets, offsets, longest, longest, **kwargs).to(dtype)
+
+
+class PackedAttention:
+    """Attention kept inside each example of a packed row, while installed on a model (`.remove()` ends it).
+
+    Every call of the model with position ids and no mask gets the mask of its packed rows (`packed_attention_mask`):
+    transformers builds that mask from the position ids by itself only in models that pass them to their mask (Llama
+    does; Falcon's `create_causal_mask` call leaves them out, so its packed examples would attend to each other). A 4-D
+    mask is taken as it is by every model. With `kernel` (`flash_over_examples`), SDPA's calls on those rows go to it
+    instead: SDPA with a mask computes the whole row's scores and masks them, a cost that grows with the row's square
+    (at 4,096 tokens of 15-token examples, ~270 times the examples' own), where varlen attention computes only each
+    example's. Any other SDPA call, or one the kernel declines, runs SDPA as before.
     """
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
 
-    def add_mask(module, args, kwargs):
+    def __init__(self, model, kernel=None):
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.layout: dict = {}
+        self.kernel = kernel
+        self.handle = inner.register_forward_pre_hook(self._add_mask, with_kwargs=True)
+        self.sdpa = torch.nn.functional.scaled_dot_product_attention
+        if kernel is not None:
+            torch.nn.functional.scaled_dot_product_attention = self._attention
+
+    def _add_mask(self, module, args, kwargs):
         position_ids = kwargs.get("position_ids")
         if position_ids is not None and kwargs.get("attention_mask") is None and kwargs.get("past_key_values") is None:
             kwargs["attention_mask"] = packed_attention_mask(position_ids)
+            self.layout = packed_layout(position_ids) if self.kernel is not None else {}
+        else:
+            self.layout = {}  # a padded call's masks go to SDPA
         return args, kwargs
 
-    return inner.register_forward_pre_hook(add_mask, with_kwargs=True)
+    @torch.compiler.disable  # a compiled decoder block runs it as it is: its layout changes every step
+    def _attention(self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):
+        batch, heads, length, size = query.shape
+        if (self.layout and attn_mask is not None and attn_mask.dtype == torch.bool and dropout_p == 0.0
+                and batch * length == self.layout["tokens"] and key.shape == query.shape and value.shape == query.shape):
+            def flat(x):
+                return x.transpose(1, 2).reshape(batch * length, heads, size)
+
+            out = self.kernel(flat(query), flat(key), flat(value), self.layout["offsets"], self.layout["longest"], scale)
+            if out is not None:
+                return out.reshape(batch, length, heads, size).transpose(1, 2)
+        return self.sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+                         **kwargs)
+
+    def remove(self) -> None:
+        self.handle.remove()
+        if self.kernel is not None:
+            torch.nn.functional.scaled_dot_product_attention = self.sdpa
 
 
 def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:

@@ -12,7 +12,7 @@ from transformers import Trainer, TrainerCallback
 from trl import SFTConfig
 
 from finetune import distributed
-from finetune.batching import AnswerOnlyCollator, attention_kept_inside_packed_examples, wants_padding_free
+from finetune.batching import AnswerOnlyCollator, PackedAttention, flash_over_examples, wants_padding_free
 from finetune.guards import GradientGuard, GuardedTrainer, advice
 from finetune.methods import Trainable
 from finetune.param_schemas import LoraParams, TaskTrainParams, TrainParams
@@ -163,7 +163,9 @@ def build_trainer(trained: Trainable, tokenizer, train_set: list[dict], validati
             eval_dataset=as_dataset(validation_set, padding_free) if validation_set else None,
             data_collator=None if padding_free else AnswerOnlyCollator(tokenizer.pad_token_id),
             callbacks=callbacks, optimizers=(optimizer, None), what_to_try=what_to_try)
-    trainer.packed_mask = attention_kept_inside_packed_examples(model) if padding_free else None
+    # On a GPU, each packed example's attention by flash varlen; the mask alone on CPU (where that kernel is not)
+    trainer.packed_mask = PackedAttention(model, flash_over_examples if torch.cuda.is_available() else None) if (
+        padding_free) else None
     return trainer
 
 

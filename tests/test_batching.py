@@ -59,3 +59,73 @@ def test_a_packed_rows_mask_keeps_each_token_inside_its_own_example():
                                          [1, 1, 1, 0, 0],
                                          [0, 0, 0, 1, 0],
                                          [0, 0, 0, 1, 1]]
+
+
+def test_a_packed_layout_gives_each_examples_offsets_and_the_longest_length():
+    from finetune.batching import packed_layout
+
+    layout = packed_layout(torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]]))  # examples of 3, 2 and 4 tokens
+    assert layout["offsets"].tolist() == [0, 3, 5, 9] and layout["offsets"].dtype == torch.int32
+    assert layout["longest"] == 4 and layout["tokens"] == 9
+
+
+def _each_example_alone(query, key, value, offsets, longest, scale):
+    """A varlen kernel's contract, by SDPA over each example by itself: (tokens, heads, size) in and out."""
+    out = torch.empty_like(query)
+    bounds = offsets.tolist()
+    for start, end in zip(bounds, bounds[1:]):
+        q, k, v = (x[start:end].transpose(0, 1)[None] for x in (query, key, value))
+        out[start:end] = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)[0] \
+            .transpose(0, 1)
+    return out
+
+
+def test_packed_attention_through_a_varlen_kernel_equals_the_masked_row(tiny_model):
+    """With a kernel, SDPA's calls on packed rows go to it, and the logits and gradients are those of the whole row
+    through SDPA and its mask (fp32); every decoder layer's call went to it; SDPA is itself again after `remove`."""
+    from finetune.base_model import key_value_heads_repeated
+    from finetune.batching import PackedAttention
+
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    lengths = [5, 3, 7, 1, 4]
+    position_ids = torch.cat([torch.arange(n) for n in lengths])[None]
+    input_ids = torch.randint(5, 100, position_ids.shape, generator=torch.Generator().manual_seed(0))
+    calls = []
+
+    def kernel(*args):
+        calls.append(1)
+        return _each_example_alone(*args)
+
+    results = []
+    for chosen in (None, kernel):
+        tiny_model.zero_grad()
+        packed = PackedAttention(tiny_model, chosen)
+        try:
+            with key_value_heads_repeated(tiny_model):
+                logits = tiny_model(input_ids=input_ids, position_ids=position_ids).logits
+                logits.float().pow(2).mean().backward()
+        finally:
+            packed.remove()
+        results.append((logits.detach(), [p.grad.clone() for p in tiny_model.parameters() if p.grad is not None]))
+    assert len(calls) == tiny_model.config.num_hidden_layers
+    assert torch.nn.functional.scaled_dot_product_attention is sdpa
+    (masked, masked_grads), (varlen, varlen_grads) = results
+    torch.testing.assert_close(varlen, masked, atol=1e-5, rtol=1e-5)
+    assert len(varlen_grads) == len(masked_grads) > 0
+    for a, b in zip(varlen_grads, masked_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_packed_attention_leaves_padded_calls_to_sdpa(tiny_model):
+    """A call with an attention mask (a padded batch) is no packed row: the kernel is not asked."""
+    from finetune.batching import PackedAttention
+
+    calls = []
+    packed = PackedAttention(tiny_model, lambda *args: calls.append(1))
+    try:
+        ids, mask = left_pad([[5, 6, 7], [8]], pad_value=0)
+        with torch.no_grad():
+            tiny_model(input_ids=ids, attention_mask=mask, position_ids=positions(mask))
+    finally:
+        packed.remove()
+    assert calls == []

@@ -255,7 +255,8 @@ def packing_check(folder: Path, examples: list[dict], n: int = 64) -> dict:
     losses, grads = {}, {}
     weights = [p for p in trained.model.parameters() if p.requires_grad]
     kernel = sft.flash_over_examples
-    with tempfile.TemporaryDirectory() as work, torch.autocast("cuda", dtype=torch.bfloat16):
+    with tempfile.TemporaryDirectory() as work, torch.autocast("cuda", dtype=torch.bfloat16), \
+            base_model.key_value_heads_repeated(trained.model):  # as training runs Falcon: its kernel sees equal heads
         for name in ("padded", "packed", "packed_masked"):  # packed_masked: SDPA over the row with its mask
             padding_free = name != "padded"
             sft.flash_over_examples = (lambda *args: None) if name == "packed_masked" else kernel

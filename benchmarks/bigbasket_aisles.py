@@ -27,7 +27,7 @@ import yaml
 
 from benchmarks.predict_catalog import RESULTS, cpu_model
 from finetune import provenance
-from finetune.sources import load_instacart
+from finetune.data.sources import load_instacart
 
 ROOT = Path(__file__).resolve().parents[1]
 

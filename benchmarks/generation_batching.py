@@ -22,11 +22,11 @@ from transformers import pipeline
 
 from finetune import base_model, provenance
 from finetune.chat import conversation_prompt_ids
-from finetune.dialogues import build_dialogues
+from finetune.data.dialogues import build_dialogues
+from finetune.data.sources import load_source
+from finetune.data.splits import split_conversations
 from finetune.generation import generate
 from finetune.params import read_task
-from finetune.sources import load_source
-from finetune.splits import split_conversations
 
 RESULTS = Path(__file__).parent / "results"
 

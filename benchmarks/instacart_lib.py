@@ -35,7 +35,8 @@ def lib_task():
 
 def lib_full_split(out: Path) -> dict[str, int]:
     """The prepare + split stages' examples and split with params.yaml, every cap 'all'."""
-    from finetune import examples, files, sources, splits
+    from finetune import files
+    from finetune.data import examples, sources, splits
 
     task = lib_task()
     data, split = task.data, task.split

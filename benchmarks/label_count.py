@@ -23,8 +23,8 @@ import pandas as pd
 
 from benchmarks.predict_catalog import RESULTS, cpu_model, run_predict
 from finetune import provenance
+from finetune.data.sources import load_instacart
 from finetune.files import read_json, write_json
-from finetune.sources import load_instacart
 
 GRADES = ["basic", "classic", "deluxe", "everyday", "family", "premium", "select", "value"]
 

@@ -31,8 +31,9 @@ def label_spans(labels: list[int]) -> list[list[int]]:
 
 def profile(out: Path, instacart_split: Path) -> None:
     """The real lengths and answer positions of each workload, encoded as the pipeline encodes them."""
-    from finetune import base_model, dialogues, params, sources
+    from finetune import base_model, params
     from finetune.chat import encode_conversation
+    from finetune.data import dialogues, sources
     from finetune.embedded import EMBEDDED_DIR
     from finetune.files import read_jsonl
     from finetune.training import encode_split

@@ -8,10 +8,10 @@ import argparse
 import pandas as pd
 
 from finetune import params
-from finetune.dialogues import build_dialogues
-from finetune.examples import build_examples, class_counts
+from finetune.data.dialogues import build_dialogues
+from finetune.data.examples import build_examples, class_counts
+from finetune.data.sources import load_source
 from finetune.files import write_csv, write_json, write_jsonl
-from finetune.sources import load_source
 from finetune.stage import run
 
 PARAMS = ()

@@ -5,8 +5,8 @@ import argparse
 import pandas as pd
 
 from finetune import params
+from finetune.data.splits import SPLITS, split_conversations, split_examples, train_only_classes
 from finetune.files import atomic_path, read_jsonl, write_json, write_jsonl
-from finetune.splits import SPLITS, split_conversations, split_examples, train_only_classes
 from finetune.stage import run
 
 PARAMS = ()

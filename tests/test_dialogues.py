@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from finetune.dialogues import build_dialogues, clean_message
+from finetune.data.dialogues import build_dialogues, clean_message
 from finetune.errors import PipelineError
 from tests.conftest import ROOT
 

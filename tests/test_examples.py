@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from finetune.data.examples import build_examples, class_counts
 from finetune.errors import PipelineError
-from finetune.examples import build_examples, class_counts
 from stages import prepare
 from tests.conftest import ROOT
 

@@ -147,7 +147,8 @@ def test_the_closed_choices_params_allow_are_those_the_code_acts_on():
     """param_schemas.py declares the allowed values without importing the modules that act on them (it sits below them)."""
     import typing
 
-    from finetune import chat, dialogues, evaluation
+    from finetune import chat, evaluation
+    from finetune.data import dialogues
     from finetune.deliver import gguf, merge
 
     for literal, values in ((param_schemas.CHAT_TEMPLATES, chat.CHAT_TEMPLATES), (param_schemas.FORMATS, dialogues.FORMATS),

@@ -5,9 +5,9 @@ import re
 import pandas as pd
 import pytest
 
+from finetune.data.examples import build_examples
+from finetune.data.sources import load_chitchat, load_source, read_table
 from finetune.errors import PipelineError
-from finetune.examples import build_examples
-from finetune.sources import load_chitchat, load_source, read_table
 from tests.bad_inputs import BAD_DATA_FILES, HANDLED_DATA_FILES
 
 

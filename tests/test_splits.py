@@ -5,11 +5,11 @@ import sys
 import pandas as pd
 import pytest
 
+from finetune.data.examples import build_examples, normalise_text
+from finetune.data.sources import load_source
+from finetune.data.splits import split_examples, train_only_classes
 from finetune.errors import PipelineError
-from finetune.examples import build_examples, normalise_text
 from finetune.files import write_jsonl
-from finetune.sources import load_source
-from finetune.splits import split_examples, train_only_classes
 from stages import split
 from tests.test_examples import write_task_params
 
@@ -64,7 +64,7 @@ def test_bad_fractions_are_a_clear_error():
 
 
 def test_conversation_groups_never_straddle_splits_and_caps_hold():
-    from finetune.splits import split_conversations
+    from finetune.data.splits import split_conversations
 
     rows = [{"id": f"{g}-{i}", "group": f"g{g}", "messages": []} for g in range(40) for i in range(3)]
     data = pd.DataFrame(rows)
@@ -83,7 +83,7 @@ def test_classes_too_small_for_every_split_go_to_train_only_and_are_logged(caplo
     data = examples({"dairy": 50, "frozen": 30, "bulk": 1, "other": 2, "pets": 3})
     assert train_only_classes(data, 0.1) == {"other": 2, "bulk": 1}
     assert train_only_classes(data, 0.0) == {"bulk": 1}  # two splits to fill: two examples are enough
-    with caplog.at_level(logging.INFO, logger="finetune.splits"):
+    with caplog.at_level(logging.INFO, logger="finetune.data.splits"):
         splits = split_examples(data, 0.1, 0.2, NO_CAPS, seed=0)
     assert "2 classes have too few examples for every split and go to train only: other (2), bulk (1)" in caplog.text
     assert (splits["train"]["label"].isin(["bulk", "other"])).sum() == 3

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from finetune import sources
+from finetune.data import sources
 from finetune.files import read_jsonl
 from stages import evaluate, prepare, split, train_qlora
 from tests.conftest import ROOT, tiny_falcon, tiny_llama

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from finetune.data.examples import normalise_text
 from finetune.errors import PipelineError
-from finetune.examples import normalise_text
 
 SPLITS = ("train", "validation", "test")
 log = logging.getLogger(__name__)

@@ -7,8 +7,8 @@ import re
 import numpy as np
 import pandas as pd
 
+from finetune.data.examples import normalise_text, require_column
 from finetune.errors import PipelineError
-from finetune.examples import normalise_text, require_column
 
 FORMATS = ("table", "chitchat", "persona_chat", "guanaco")
 GUANACO_TURN = re.compile(r"###\s*(Human|Assistant)\s*:", re.IGNORECASE)

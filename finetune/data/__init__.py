@@ -1,0 +1,1 @@
+"""Data: the sources, the examples and dialogues built from them, and the splits (what prepare and split use)."""

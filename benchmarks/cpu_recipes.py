@@ -32,8 +32,8 @@ from pathlib import Path
 from benchmarks.instacart_smollm2 import StepClock
 from finetune import base_model, methods, params, training
 from finetune.files import read_jsonl
-from finetune.prompts import render_prompt
 from finetune.scoring import label_scores, predict_by_scoring
+from finetune.text.prompts import render_prompt
 
 DATA = Path("data")
 OUT = Path(".bench/cpu_recipes")

@@ -21,12 +21,12 @@ import torch
 from transformers import pipeline
 
 from finetune import base_model, provenance
-from finetune.chat import conversation_prompt_ids
 from finetune.data.dialogues import build_dialogues
 from finetune.data.sources import load_source
 from finetune.data.splits import split_conversations
 from finetune.generation import generate
 from finetune.params import read_task
+from finetune.text.chat import conversation_prompt_ids
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -64,7 +64,7 @@ def lib_metrics(actual: list[str], predicted: list[str], labels: list[str]) -> d
 
 
 def lib_prompt(text: str) -> str:
-    from finetune import prompts
+    from finetune.text import prompts
 
     return prompts.render_prompt(lib_task().prompt.template, text)
 

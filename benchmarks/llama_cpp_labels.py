@@ -30,8 +30,8 @@ import pandas as pd
 
 from finetune import provenance
 from finetune.files import read_jsonl
-from finetune.prompts import prompt_ids, render_prompt
 from finetune.scoring import label_token_ids
+from finetune.text.prompts import prompt_ids, render_prompt
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -50,7 +50,7 @@ def load_model(gguf: Path, extra_buffers: bool):
 
 
 class LlamaCppTokenizer:
-    """The GGUF's own tokenizer, with the two things finetune.prompts and finetune.scoring ask of one."""
+    """The GGUF's own tokenizer, with the two things finetune.text.prompts and finetune.scoring ask of one."""
 
     def __init__(self, model):
         self.vocab = llama_cpp.llama_model_get_vocab(model)

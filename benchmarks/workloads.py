@@ -32,10 +32,10 @@ def label_spans(labels: list[int]) -> list[list[int]]:
 def profile(out: Path, instacart_split: Path) -> None:
     """The real lengths and answer positions of each workload, encoded as the pipeline encodes them."""
     from finetune import base_model, params
-    from finetune.chat import encode_conversation
     from finetune.data import dialogues, sources
     from finetune.embedded import EMBEDDED_DIR
     from finetune.files import read_jsonl
+    from finetune.text.chat import encode_conversation
     from finetune.training import encode_split
 
     tokenizer = base_model.load_tokenizer(EMBEDDED_DIR, "main")

@@ -6,7 +6,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from finetune.params import switch
-from finetune.prompts import IGNORE_INDEX
+from finetune.text.prompts import IGNORE_INDEX
 
 
 def any_length_attention():

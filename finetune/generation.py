@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from finetune import distributed
 from finetune.batching import AnswerOnlyCollator, any_length_attention, left_pad, length_batches
-from finetune.prompts import end_token_id
+from finetune.text.prompts import end_token_id
 
 
 @torch.no_grad()

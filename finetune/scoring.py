@@ -13,7 +13,7 @@ from finetune import distributed
 from finetune.batching import any_length_attention, left_pad, length_batches, positions
 from finetune.errors import PipelineError
 from finetune.generation import generate
-from finetune.prompts import answer_ids, end_token_id, prompt_ids
+from finetune.text.prompts import answer_ids, end_token_id, prompt_ids
 
 NO_LABEL = "<no label>"
 

@@ -16,7 +16,7 @@ from finetune.batching import AnswerOnlyCollator, PackedAttention, flash_over_ex
 from finetune.guards import GradientGuard, GuardedTrainer, advice
 from finetune.methods import Trainable
 from finetune.param_schemas import LoraParams, TaskTrainParams, TrainParams
-from finetune.prompts import IGNORE_INDEX
+from finetune.text.prompts import IGNORE_INDEX
 
 
 def sft_config(task_train: TaskTrainParams, params: TrainParams, output_dir: str, has_validation: bool,

@@ -22,11 +22,11 @@ from finetune.memory import StepMemory
 from finetune.checkpoints import CheckpointCallback
 from finetune.sft import build_trainer
 from finetune.files import atomic_path, write_json
-from finetune.chat import encode_conversation
+from finetune.text.chat import encode_conversation
 from finetune.methods import Trainable
 from finetune.param_schemas import LoraParams, Task, TaskTrainParams, TrainParams
 from finetune.params import switch
-from finetune.prompts import IGNORE_INDEX, answer_ids, check_room, encode_example, render_prompt
+from finetune.text.prompts import IGNORE_INDEX, answer_ids, check_room, encode_example, render_prompt
 
 
 @dataclasses.dataclass

@@ -1,7 +1,7 @@
 import torch
 
 from finetune.batching import AnswerOnlyCollator, left_pad, positions
-from finetune.prompts import IGNORE_INDEX, answer_ids, encode_example, render_prompt
+from finetune.text.prompts import IGNORE_INDEX, answer_ids, encode_example, render_prompt
 
 
 def encoded(tokenizer, pairs):

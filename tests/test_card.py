@@ -228,8 +228,8 @@ def _run_card_code(text: str, folder, capsys) -> dict:
 
 @pytest.mark.parametrize("artifact", ["adapter", "merged"])
 def test_the_cards_classification_code_scores_labels_as_evaluate_does(tmp_path, tokenizer, capsys, artifact):
-    from finetune.prompts import render_prompt
     from finetune.scoring import label_scores
+    from finetune.text.prompts import render_prompt
 
     model = _tiny_adapter(tmp_path, tokenizer)
     folder = tmp_path / "adapter"
@@ -253,7 +253,7 @@ def test_the_cards_classification_code_scores_labels_as_evaluate_does(tmp_path, 
 
 @pytest.mark.parametrize("chat_template", ["auto", "plain"])
 def test_the_cards_chat_code_builds_the_prompt_training_built(tmp_path, tokenizer, capsys, chat_template):
-    from finetune.chat import conversation_prompt_ids
+    from finetune.text.chat import conversation_prompt_ids
 
     _tiny_adapter(tmp_path, tokenizer)
     run = copy.deepcopy(CHATBOT_RUN)

@@ -4,9 +4,9 @@ import copy
 
 import pytest
 
-from finetune.chat import conversation_prompt_ids, encode_conversation, last_response_only, uses_template, with_system
 from finetune.errors import PipelineError
-from finetune.prompts import IGNORE_INDEX
+from finetune.text.chat import conversation_prompt_ids, encode_conversation, last_response_only, uses_template, with_system
+from finetune.text.prompts import IGNORE_INDEX
 
 CONVERSATION = [
     {"role": "user", "content": "hi, how are you?"},

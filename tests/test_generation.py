@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from finetune.chat import encode_conversation, last_response_only
 from finetune.generation import perplexity
+from finetune.text.chat import encode_conversation, last_response_only
 
 
 def test_batched_perplexity_equals_the_plain_loss(tokenizer, tiny_model):

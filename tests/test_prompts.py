@@ -1,7 +1,7 @@
 import pytest
 
 from finetune.errors import PipelineError
-from finetune.prompts import IGNORE_INDEX, answer_ids, encode_example, prompt_ids, render_prompt
+from finetune.text.prompts import IGNORE_INDEX, answer_ids, encode_example, prompt_ids, render_prompt
 
 
 def test_labels_are_masked_on_every_prompt_token_and_only_there(tokenizer):

@@ -1,8 +1,8 @@
 import numpy as np
 import torch
 
-from finetune.prompts import prompt_ids, render_prompt
 from finetune.scoring import NO_LABEL, label_scores, label_token_ids, match_labels, predict_by_scoring
+from finetune.text.prompts import prompt_ids, render_prompt
 from tests.conftest import tiny_llama
 
 TEMPLATE = "Product: {text}\nDepartment:"

@@ -8,10 +8,10 @@ from typing import Callable, TextIO
 import torch
 from transformers import TextStreamer
 
-from finetune.chat import conversation_prompt_ids
 from finetune.deliver.trained import TrainedRun
 from finetune.errors import PipelineError
-from finetune.prompts import end_token_id
+from finetune.text.chat import conversation_prompt_ids
+from finetune.text.prompts import end_token_id
 
 HELP = "type a message and Enter; /reset starts over, /exit (or Ctrl-D) ends"
 

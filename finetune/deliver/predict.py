@@ -17,12 +17,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from finetune import scoring
-from finetune.chat import conversation_prompt_ids
 from finetune.deliver.trained import TrainedRun
 from finetune.errors import PipelineError
 from finetune.files import atomic_path
 from finetune.generation import generate
-from finetune.prompts import render_prompt
+from finetune.text.chat import conversation_prompt_ids
+from finetune.text.prompts import render_prompt
 
 FORMATS = (".csv", ".jsonl", ".parquet")
 OK, EMPTY, UNREADABLE = "ok", "empty", "unreadable"

@@ -11,7 +11,7 @@ OpenAssistant guanaco data is written in:
 from __future__ import annotations
 
 from finetune.errors import PipelineError
-from finetune.prompts import IGNORE_INDEX, end_token_id
+from finetune.text.prompts import IGNORE_INDEX, end_token_id
 
 CHAT_TEMPLATES = ("auto", "plain")
 

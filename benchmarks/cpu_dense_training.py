@@ -1,7 +1,7 @@
 """CPU: train_qlora's training steps on the 4-bit layers vs on their NF4 weights dequantized once.
 
 bitsandbytes has no fused 4-bit matmul on CPU, so each 4-bit layer dequantizes its weight at every
-use (forward, and again for the input gradient). `finetune.base_model.dense_copy` does it once.
+use (forward, and again for the input gradient). `finetune.model.base_model.dense_copy` does it once.
 Same Instacart rows (.bench/instacart_all from `instacart_smollm2 prepare`), same params.yaml, same seed.
 
     python -m benchmarks.cpu_dense_training --rows 480
@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=480, help="training rows (params.yaml's batch size: 16 a step)")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
-    from finetune import base_model
+    from finetune.model import base_model
 
     tokenizer = lib_tokenizer(args.model)
     train = lib_encode(tokenizer, read_split("train", args.rows))

@@ -70,7 +70,7 @@ def lib_prompt(text: str) -> str:
 
 
 def lib_tokenizer(model_dir: str):
-    from finetune import base_model
+    from finetune.model import base_model
 
     return base_model.load_tokenizer(model_dir, "main")
 
@@ -78,7 +78,8 @@ def lib_tokenizer(model_dir: str):
 def lib_load(model_dir: str, adapter: str | None = None, dense: bool | None = None):
     """The 4-bit base model as train_qlora loads it (dense-copied later, when training starts), or as evaluate
     loads it (`dense`, the default with an adapter: dense-copied when small), with a trained adapter."""
-    from finetune import adapters, methods, params
+    from finetune import params
+    from finetune.model import adapters, methods
 
     dense = adapter is not None if dense is None else dense
     model = methods.load_base(model_dir, "main", "qlora", params.read("quantization"), dense=dense)
@@ -88,7 +89,7 @@ def lib_load(model_dir: str, adapter: str | None = None, dense: bool | None = No
 @contextlib.contextmanager
 def lib_four_bit_layers(kept: bool):
     """If `kept`, a GPU keeps a small base's 4-bit layers (as before `base_model.dense_copy` held it dense there)."""
-    from finetune import base_model
+    from finetune.model import base_model
 
     limit = base_model.GPU_DENSE_LIMIT_GIB
     base_model.GPU_DENSE_LIMIT_GIB = 0.0 if kept else limit
@@ -149,7 +150,7 @@ def read_split(name: str, limit: int | None) -> list[dict]:
 
 
 def export(gguf: str, dest: str) -> None:
-    """finetune.embedded.export_embedded, for a GGUF at any path (the library's reads the installed package)."""
+    """finetune.model.embedded.export_embedded, for a GGUF at any path (the library's reads the installed package)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(gguf)

@@ -1,7 +1,7 @@
 """Evaluate-stage label scoring throughput by batch size, on the full Instacart test split (SmolLM2-135M, NF4).
 
 The base is loaded as the evaluate stage loads it (`--layers dense`: a small NF4 model dequantized once,
-`finetune.base_model.dense_copy`), and with its 4-bit layers kept (`--layers 4bit`, as before a GPU held it dense).
+`finetune.model.base_model.dense_copy`), and with its 4-bit layers kept (`--layers 4bit`, as before a GPU held it dense).
 
 Label scoring's speed does not depend on the adapter's values, so a fresh LoRA adapter (zero
 update, as PEFT initialises it) stands in for a trained one; the predictions are checked to be
@@ -24,7 +24,7 @@ from benchmarks.instacart_lib import (DATA, lib_four_bit_layers, lib_load, lib_p
                                       read_split)
 from benchmarks.measure import free, peak_gib, reset_peak, sync
 from finetune import params, scoring
-from finetune.adapters import lora_config
+from finetune.model.adapters import lora_config
 from peft import get_peft_model
 
 

@@ -8,7 +8,7 @@ LoRA r=16 alpha=32 on all linear layers, sequence at most 512.
            checkpointing, LoRA dropout 0.05, paged 8-bit AdamW, every example padded to 512 and the
            loss on every real token (the seed notebooks' SFT on a text field), batch 4 or 8.
 - project: `finetune.training.train_model` itself, as the train_qlora stage calls it on a GPU:
-           `finetune.base_model.load_model`, params.yaml's lora and train sections (the batch grows to
+           `finetune.model.base_model.load_model`, params.yaml's lora and train sections (the batch grows to
            `train.gpu_batch_tokens`, checkpointing by size), dynamic padding with length-grouped
            batches, loss on the answers only. The Trainer is stopped after the timed steps.
 
@@ -194,7 +194,8 @@ def project_measure(folder: Path, examples: list[dict], steps: int, warmup: int,
     """train_model on the workload, as train_qlora runs it, stopped after `warmup + steps` steps."""
     import tempfile
 
-    from finetune import base_model, params, sft
+    from finetune import params, sft
+    from finetune.model import base_model
     from finetune.param_schemas import TaskTrainParams
     from finetune.training import train_model
 
@@ -244,7 +245,8 @@ def packing_check(folder: Path, examples: list[dict], n: int = 64) -> dict:
     so its difference is the bf16 rounding of the rows' other shapes, and the packed one's beyond it the kernels')."""
     import tempfile
 
-    from finetune import base_model, methods, params, sft
+    from finetune import params, sft
+    from finetune.model import base_model, methods
     from finetune.param_schemas import TaskTrainParams
 
     model = base_model.load_model(str(folder), "main", base_model.quantization_config(True, "nf4", True))

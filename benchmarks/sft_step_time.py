@@ -25,9 +25,10 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from finetune import base_model, methods, params
+from finetune import params
 from finetune.batching import AnswerOnlyCollator
 from finetune.files import read_jsonl
+from finetune.model import base_model, methods
 from finetune.sft import build_trainer
 from finetune.training import encode_split
 

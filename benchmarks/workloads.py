@@ -31,10 +31,11 @@ def label_spans(labels: list[int]) -> list[list[int]]:
 
 def profile(out: Path, instacart_split: Path) -> None:
     """The real lengths and answer positions of each workload, encoded as the pipeline encodes them."""
-    from finetune import base_model, params
+    from finetune import params
     from finetune.data import dialogues, sources
-    from finetune.embedded import EMBEDDED_DIR
     from finetune.files import read_jsonl
+    from finetune.model import base_model
+    from finetune.model.embedded import EMBEDDED_DIR
     from finetune.text.chat import encode_conversation
     from finetune.training import encode_split
 

@@ -20,9 +20,10 @@ def _batch_size(value: str) -> int | str:
 
 
 def predict(args) -> None:
-    from finetune import base_model, params
+    from finetune import params
     from finetune.deliver.predict import predict_file
     from finetune.deliver.trained import load_trained
+    from finetune.model import base_model
 
     run, model, tokenizer = load_trained(args.adapter)
     batch_size = params.evaluation_batch_size(args.batch_size, on_gpu=base_model.device().type == "cuda")
@@ -45,9 +46,9 @@ def chat(args) -> None:
 
 
 def merge(args) -> None:
-    from finetune import base_model
     from finetune.deliver.merge import merged_model, merged_run_info, save_merged
     from finetune.deliver.trained import read_run
+    from finetune.model import base_model
 
     run = read_run(args.adapter)
     model = merged_model(run, args.into)

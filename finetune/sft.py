@@ -14,7 +14,7 @@ from trl import SFTConfig
 from finetune import distributed
 from finetune.batching import AnswerOnlyCollator, PackedAttention, flash_over_examples, wants_padding_free
 from finetune.guards import GradientGuard, GuardedTrainer, advice
-from finetune.methods import Trainable
+from finetune.model.methods import Trainable
 from finetune.param_schemas import LoraParams, TaskTrainParams, TrainParams
 from finetune.text.prompts import IGNORE_INDEX
 

@@ -14,8 +14,9 @@ import torch
 from transformers import ProgressCallback, set_seed
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from finetune import distributed, memory, methods
-from finetune.base_model import device, key_value_heads_repeated
+from finetune import distributed, memory
+from finetune.model import methods
+from finetune.model.base_model import device, key_value_heads_repeated
 from finetune.errors import PipelineError
 from finetune.batching import any_length_attention, wants_padding_free
 from finetune.memory import StepMemory
@@ -23,7 +24,7 @@ from finetune.checkpoints import CheckpointCallback
 from finetune.sft import build_trainer
 from finetune.files import atomic_path, write_json
 from finetune.text.chat import encode_conversation
-from finetune.methods import Trainable
+from finetune.model.methods import Trainable
 from finetune.param_schemas import LoraParams, Task, TaskTrainParams, TrainParams
 from finetune.params import switch
 from finetune.text.prompts import IGNORE_INDEX, answer_ids, check_room, encode_example, render_prompt

@@ -7,7 +7,7 @@ output it lands in the cache, so queued and --temp experiments check it out like
 import argparse
 from pathlib import Path
 
-from finetune.embedded import export_embedded
+from finetune.model.embedded import export_embedded
 from finetune.stage import run
 
 

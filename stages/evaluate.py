@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from finetune import base_model, distributed, methods, param_schemas, params
+from finetune import distributed, param_schemas, params
 from finetune.evaluation import confusion_rows, evaluate_classification, evaluate_generation, headline
 from finetune.files import read_jsonl, write_csv, write_json
+from finetune.model import base_model, methods
 from finetune.stage import run
 
 PARAMS = ("base_model", "quantization", "train.method", "evaluate", "baseline", "distributed.processes",

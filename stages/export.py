@@ -5,12 +5,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from finetune import base_model, params
+from finetune import params
 from finetune.deliver import card
 from finetune.deliver.export import check_whole_model, compare_merges, copy_adapter, gguf_files
 from finetune.deliver.merge import merged_run_info, save_merged
 from finetune.deliver.trained import read_run
 from finetune.files import atomic_path, read_json, read_jsonl, write_json
+from finetune.model import base_model
 from finetune.stage import run
 
 PARAMS = ("evaluate", "export")

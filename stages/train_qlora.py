@@ -11,10 +11,11 @@ from pathlib import Path
 from dvclive import Live
 from transformers.integrations import DVCLiveCallback
 
-from finetune import base_model, distributed, methods, params, provenance
+from finetune import distributed, params, provenance
 from finetune.checkpoints import CheckpointCallback, Checkpoints, run_identity
 from finetune.errors import PipelineError
 from finetune.files import copy_tree, read_jsonl, write_json
+from finetune.model import base_model, methods
 from finetune.stage import run
 from finetune.training import encode_split, save_trained, train_model
 

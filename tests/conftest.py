@@ -9,7 +9,7 @@ import torch
 from transformers import AutoTokenizer, FalconConfig, FalconForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from finetune import param_schemas, params
-from finetune.embedded import EMBEDDED_DIR
+from finetune.model.embedded import EMBEDDED_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, TrainerCallback
 
-from finetune import distributed, methods, param_schemas, params
-from finetune.embedded import EMBEDDED_DIR
+from finetune import distributed, param_schemas, params
+from finetune.model import methods
+from finetune.model.embedded import EMBEDDED_DIR
 from finetune.training import train_model
 from tests.conftest import ROOT, tiny_llama
 

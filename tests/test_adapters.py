@@ -1,7 +1,7 @@
 import pytest
 
-from finetune.adapters import lora_config, target_modules
 from finetune.errors import PipelineError
+from finetune.model.adapters import lora_config, target_modules
 from tests.conftest import lora_params, tiny_falcon, tiny_llama
 
 

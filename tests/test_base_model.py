@@ -5,13 +5,13 @@ import sys
 
 import pytest
 
-from finetune import base_model
 from finetune.errors import PipelineError
+from finetune.model import base_model
 from tests.conftest import ROOT, lora_params
 
 
 def test_hub_model_offline_is_a_one_line_error_that_says_what_to_do():
-    code = ("from finetune import base_model\n"
+    code = ("from finetune.model import base_model\n"
             "base_model.load_model('tiiuae/falcon-7b', 'main')\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-c", f"from finetune.stage import run\nrun(lambda: exec({code!r}))"],
@@ -63,7 +63,7 @@ def _four_bit_and_dense_runs(path, lora_targets="all-linear", after_copy=lambda 
     import torch
     from peft import get_peft_model
 
-    from finetune.adapters import lora_config
+    from finetune.model.adapters import lora_config
 
     ids = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(0))
     runs = []
@@ -115,7 +115,7 @@ def test_the_dense_copy_comparison_catches_a_wrong_copy(tmp_path, bug):
     """The tolerances above are tight enough to fail on the bugs they guard against."""
     import torch
 
-    from finetune.adapters import linear_layer_names
+    from finetune.model.adapters import linear_layer_names
     from tests.conftest import tiny_llama
 
     tiny_llama(vocab_size=256).save_pretrained(tmp_path)

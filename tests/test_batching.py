@@ -83,8 +83,8 @@ def _each_example_alone(query, key, value, offsets, longest, scale):
 def test_packed_attention_through_a_varlen_kernel_equals_the_masked_row(tiny_model):
     """With a kernel, SDPA's calls on packed rows go to it, and the logits and gradients are those of the whole row
     through SDPA and its mask (fp32); every decoder layer's call went to it; SDPA is itself again after `remove`."""
-    from finetune.base_model import key_value_heads_repeated
     from finetune.batching import PackedAttention
+    from finetune.model.base_model import key_value_heads_repeated
 
     sdpa = torch.nn.functional.scaled_dot_product_attention
     lengths = [5, 3, 7, 1, 4]

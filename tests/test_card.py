@@ -202,7 +202,7 @@ def _tiny_adapter(tmp_path, tokenizer):
     """A tiny Llama base folder and a non-zero LoRA adapter on it, saved as train_qlora saves one."""
     from peft import get_peft_model
 
-    from finetune.adapters import lora_config
+    from finetune.model.adapters import lora_config
     from tests.conftest import lora_params, tiny_llama
 
     base = tiny_llama(len(tokenizer))

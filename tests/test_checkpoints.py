@@ -16,9 +16,10 @@ from dvclive import Live
 from transformers import TrainerCallback
 from transformers.integrations import DVCLiveCallback
 
-from finetune import base_model, params
+from finetune import params
 from finetune.checkpoints import MARKER, CheckpointCallback, Checkpoints, differences
 from finetune.errors import PipelineError
+from finetune.model import base_model
 from finetune.training import encode_split, train_model
 from tests.conftest import tiny_llama
 

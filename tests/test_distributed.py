@@ -10,10 +10,11 @@ import sys
 import pytest
 import torch
 
-from finetune import distributed, methods, param_schemas, params
-from finetune.base_model import compute_dtype
+from finetune import distributed, param_schemas, params
 from finetune.batching import length_batches
 from finetune.errors import PipelineError
+from finetune.model import methods
+from finetune.model.base_model import compute_dtype
 from tests import distributed_training
 from tests.conftest import ROOT
 

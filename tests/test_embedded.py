@@ -1,4 +1,4 @@
-from finetune import embedded
+from finetune.model import embedded
 from tests.conftest import ROOT
 
 

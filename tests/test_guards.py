@@ -7,9 +7,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from finetune import base_model, params
+from finetune import params
 from finetune.errors import PipelineError
 from finetune.guards import GradientGuard
+from finetune.model import base_model
 from finetune.training import encode_split, train_model
 from tests.conftest import tiny_llama
 

@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
-from finetune import methods, params
+from finetune import params
 from finetune.errors import PipelineError
+from finetune.model import methods
 from finetune.scoring import label_scores
 from finetune.sft import loraplus_optimizer
 from finetune.training import encode_split, save_trained, train_model
@@ -97,7 +98,7 @@ def test_the_variants_reach_peft_before_training(tokenizer):
 def test_loftq_starts_the_adapter_where_it_makes_up_for_the_4bit_rounding(tmp_path, tokenizer):
     from bitsandbytes.functional import dequantize_4bit
 
-    from finetune.methods import original_weights
+    from finetune.model.methods import original_weights
 
     tiny_llama(len(tokenizer)).save_pretrained(tmp_path / "base")
     model = methods.load_base(str(tmp_path / "base"), "main", "qlora", params.read("quantization"), dense=False)

@@ -3,7 +3,8 @@ padding-free batches equal to padded ones."""
 
 import pytest
 
-from finetune import methods, params
+from finetune import params
+from finetune.model import methods
 from finetune.sft import build_trainer
 
 

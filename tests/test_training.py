@@ -4,10 +4,11 @@
 import pytest
 import torch
 
-from finetune import methods, params
+from finetune import params
 from finetune.batching import wants_padding_free
 from finetune.errors import PipelineError
 from finetune.memory import StepMemory, activation_bytes, lora_parameters
+from finetune.model import methods
 from finetune.training import (LARGE_MODEL, compile_blocks, device_batch_size, parameter_count, wants_checkpointing,
                                wants_compile)
 
@@ -144,7 +145,7 @@ def test_compiled_blocks_compute_the_same_loss_and_adapter_gradients(arch):
 
 def test_parameter_count_of_a_4bit_model_is_its_dense_count(tmp_path):
     """bitsandbytes packs two 4-bit weights per element: the count must not halve the model."""
-    from finetune import base_model
+    from finetune.model import base_model
     from tests.conftest import tiny_llama
 
     dense = tiny_llama(vocab_size=256)
@@ -175,7 +176,7 @@ def test_an_adapter_trains_alone_and_frozen_weights_keep_their_dtype():
 
 def test_train_result_counts_a_4bit_model_at_its_dense_size(tmp_path, tokenizer):
     """metrics/train.json's total_parameters: the dense base plus the adapter, whether the base is 4-bit or not."""
-    from finetune import base_model
+    from finetune.model import base_model
     from finetune.training import encode_split, train_model
     from tests.conftest import tiny_llama
 

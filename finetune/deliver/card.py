@@ -12,11 +12,11 @@ from pathlib import Path
 import yaml
 from huggingface_hub import ModelCard, ModelCardData
 
-from finetune.base_model import is_local
 from finetune.deliver.trained import method_of
-from finetune.embedded import EMBEDDED_DIR, EMBEDDED_PACKAGE
 from finetune.errors import PipelineError
 from finetune.files import atomic_path
+from finetune.model.base_model import is_local
+from finetune.model.embedded import EMBEDDED_DIR, EMBEDDED_PACKAGE
 
 ARTIFACTS = {  # artifact -> (library_name, base_model_relation, its name, what it is)
     "adapter": ("peft", "adapter", "LoRA adapter", "a LoRA adapter for"),

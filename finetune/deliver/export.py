@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from finetune import base_model
 from finetune.deliver import gguf
 from finetune.deliver.merge import MERGE_INTO, merged_model
 from finetune.deliver.predict import answer_conversations, classify_texts
 from finetune.deliver.trained import TrainedRun
 from finetune.metrics import classification_metrics, generation_metrics
+from finetune.model import base_model
 
 
 def merge_figures(run: TrainedRun, model, tokenizer, test: list[dict], adapter_answers: list[str], batch_size: int,

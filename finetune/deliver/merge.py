@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from finetune import base_model
 from finetune.deliver.trained import TrainedRun, check_base_unchanged
 from finetune.errors import PipelineError
 from finetune.files import atomic_path, write_json
+from finetune.model import base_model
 
 MERGE_INTO = ("original", "dequantized")
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from finetune import base_model
-from finetune.adapters import load_adapter
 from finetune.errors import PipelineError
 from finetune.files import read_json
-from finetune.methods import is_whole_model
+from finetune.model import base_model
+from finetune.model.adapters import load_adapter
+from finetune.model.methods import is_whole_model
 from finetune.param_schemas import ChatPromptParams, LabelPromptParams
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from finetune import base_model, methods
+from finetune.model import base_model, methods
 from finetune.training import save_trained
 from tests.conftest import lora_params, tiny_falcon, tiny_llama
 

@@ -7,10 +7,10 @@ import sys
 import pytest
 import torch
 
-from finetune import base_model
 from finetune.deliver.merge import merged_model, merged_run_info, save_merged
 from finetune.deliver.trained import load_trained, read_run
 from finetune.errors import PipelineError
+from finetune.model import base_model
 from tests.deliver.conftest import make_adapter
 
 IDS = torch.randint(0, 49152, (2, 10), generator=torch.Generator().manual_seed(5))

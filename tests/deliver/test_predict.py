@@ -132,9 +132,9 @@ def test_the_command_line_gives_one_line_errors(tmp_path):
 
 
 def test_a_merged_folder_predicts_what_its_adapter_predicts(tmp_path, classifier, loaded):
-    from finetune import base_model
     from finetune.deliver.merge import merged_model, merged_run_info, save_merged
     from finetune.deliver.trained import read_run
+    from finetune.model import base_model
 
     run = read_run(classifier)
     model = merged_model(run, "dequantized")

@@ -1,6 +1,6 @@
 """Training methods: what trains and how the base model is held.
 
-qlora: a LoRA adapter on the 4-bit base (dense-copied when small, finetune/base_model.py); lora: a LoRA
+qlora: a LoRA adapter on the 4-bit base (dense-copied when small, finetune/model/base_model.py); lora: a LoRA
 adapter on the full-precision base; full: every weight, and the result is a whole model folder.
 Later stages take either result the same way (`load_trained`, `models_side_by_side`).
 """
@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from peft import get_peft_model
 
-from finetune import base_model
-from finetune.adapters import REWRITES_BASE, load_adapter, lora_config
 from finetune.errors import PipelineError
+from finetune.model import base_model
+from finetune.model.adapters import REWRITES_BASE, load_adapter, lora_config
 from finetune.param_schemas import LoraParams, QuantizationParams
 
 METHODS = ("qlora", "lora", "full")

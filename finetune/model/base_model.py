@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from finetune.embedded import EMBEDDED_DIR
 from finetune.errors import PipelineError
 from finetune.files import sha256_of
+from finetune.model.embedded import EMBEDDED_DIR
 
 LOCAL_PREFIXES = ("models/", "./", "../", "/", "~")
 CPU_DENSE_LIMIT_GIB = 4.0  # dequantize a 4-bit model once on CPU when its dense fp32 weights fit in this

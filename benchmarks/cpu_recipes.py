@@ -30,11 +30,12 @@ import time
 from pathlib import Path
 
 from benchmarks.instacart_smollm2 import StepClock
-from finetune import params, training
+from finetune import params
 from finetune.files import read_jsonl
 from finetune.model import base_model, methods
 from finetune.scoring import label_scores, predict_by_scoring
 from finetune.text.prompts import render_prompt
+from finetune.train import training
 
 DATA = Path("data")
 OUT = Path(".bench/cpu_recipes")

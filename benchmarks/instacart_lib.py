@@ -100,7 +100,7 @@ def lib_four_bit_layers(kept: bool):
 
 
 def lib_encode(tokenizer, rows: list[dict]) -> list[dict]:
-    from finetune import training
+    from finetune.train import training
 
     return training.encode_split(tokenizer, rows, lib_task())
 
@@ -108,7 +108,8 @@ def lib_encode(tokenizer, rows: list[dict]) -> list[dict]:
 def lib_train(model, tokenizer, train: list[dict], validation: list[dict], overrides: dict, work: Path,
               callbacks: tuple = ()):
     """train_model with params.yaml's train and lora sections, some train keys overridden."""
-    from finetune import params, training
+    from finetune import params
+    from finetune.train import training
 
     task_train, shared = lib_task().train, params.read("train")
     task_fields = set(type(task_train).model_fields)
@@ -121,7 +122,7 @@ def lib_train(model, tokenizer, train: list[dict], validation: list[dict], overr
 
 
 def lib_collate(tokenizer, features: list[dict]) -> dict:
-    from finetune.batching import AnswerOnlyCollator
+    from finetune.train.batching import AnswerOnlyCollator
 
     return AnswerOnlyCollator(tokenizer.pad_token_id)(features)
 

@@ -1,7 +1,7 @@
 """Real data on one GPU: SmolLM2-135M on the full Instacart split, the seeds' recipe vs this project's code.
 
 Cases (`run --cases`):
-- project-*: the train_qlora stage's code (`finetune.training.train_model` on `encode_split` examples:
+- project-*: the train_qlora stage's code (`finetune.train.training.train_model` on `encode_split` examples:
   dynamic padding, length grouping, answer-only loss and logits) with params.yaml, then the evaluate
   stage's code (`finetune.scoring.label_scores`, batched KV-cache label scoring) on a freshly loaded
   base model + adapter, and the one-example-at-a-time `pipeline("text-generation")` on a test subset.

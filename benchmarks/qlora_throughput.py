@@ -7,7 +7,7 @@ LoRA r=16 alpha=32 on all linear layers, sequence at most 512.
 - seeds:   nf4 + double quantisation, bf16 compute, prepare_model_for_kbit_training with gradient
            checkpointing, LoRA dropout 0.05, paged 8-bit AdamW, every example padded to 512 and the
            loss on every real token (the seed notebooks' SFT on a text field), batch 4 or 8.
-- project: `finetune.training.train_model` itself, as the train_qlora stage calls it on a GPU:
+- project: `finetune.train.training.train_model` itself, as the train_qlora stage calls it on a GPU:
            `finetune.model.base_model.load_model`, params.yaml's lora and train sections (the batch grows to
            `train.gpu_batch_tokens`, checkpointing by size), dynamic padding with length-grouped
            batches, loss on the answers only. The Trainer is stopped after the timed steps.
@@ -194,10 +194,11 @@ def project_measure(folder: Path, examples: list[dict], steps: int, warmup: int,
     """train_model on the workload, as train_qlora runs it, stopped after `warmup + steps` steps."""
     import tempfile
 
-    from finetune import params, sft
+    from finetune import params
     from finetune.model import base_model
     from finetune.param_schemas import TaskTrainParams
-    from finetune.training import train_model
+    from finetune.train import sft
+    from finetune.train.training import train_model
 
     # A fresh base model per workload, as train_qlora loads one: train_model freezes and wraps it.
     model = base_model.load_model(str(folder), "main", base_model.quantization_config(True, "nf4", True))
@@ -245,9 +246,10 @@ def packing_check(folder: Path, examples: list[dict], n: int = 64) -> dict:
     so its difference is the bf16 rounding of the rows' other shapes, and the packed one's beyond it the kernels')."""
     import tempfile
 
-    from finetune import params, sft
+    from finetune import params
     from finetune.model import base_model, methods
     from finetune.param_schemas import TaskTrainParams
+    from finetune.train import sft
 
     model = base_model.load_model(str(folder), "main", base_model.quantization_config(True, "nf4", True))
     lora = params.replace(params.read("lora"), r=16, alpha=32)

@@ -26,11 +26,11 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from finetune import params
-from finetune.batching import AnswerOnlyCollator
 from finetune.files import read_jsonl
 from finetune.model import base_model, methods
-from finetune.sft import build_trainer
-from finetune.training import encode_split
+from finetune.train.batching import AnswerOnlyCollator
+from finetune.train.sft import build_trainer
+from finetune.train.training import encode_split
 
 WARMUP = 3  # steps of each round not counted (allocation, first-batch costs)
 

@@ -37,7 +37,7 @@ def profile(out: Path, instacart_split: Path) -> None:
     from finetune.model import base_model
     from finetune.model.embedded import EMBEDDED_DIR
     from finetune.text.chat import encode_conversation
-    from finetune.training import encode_split
+    from finetune.train.training import encode_split
 
     tokenizer = base_model.load_tokenizer(EMBEDDED_DIR, "main")
     instacart = encode_split(tokenizer, read_jsonl(instacart_split / "train.jsonl"),

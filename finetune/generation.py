@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from finetune import distributed
-from finetune.batching import AnswerOnlyCollator, any_length_attention, left_pad, length_batches
 from finetune.text.prompts import end_token_id
+from finetune.train import distributed
+from finetune.train.batching import AnswerOnlyCollator, any_length_attention, left_pad, length_batches
 
 
 @torch.no_grad()

@@ -25,7 +25,7 @@ def run(main: Callable[[], None]) -> None:
         sys.exit(1)
 
 
-ERRORS_ENV = "FINETUNE_RANK_ERRORS"  # set by finetune/distributed.py: where a launched process leaves its error
+ERRORS_ENV = "FINETUNE_RANK_ERRORS"  # set by finetune/train/distributed.py: where a launched process leaves its error
 
 
 def _left_for_the_launcher(message: str) -> bool:

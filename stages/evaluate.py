@@ -1,17 +1,18 @@
 """evaluate: base vs fine-tuned (vs a classic baseline for labels) on the test split; metrics, details, predictions.
 
-With distributed.processes above 1 the processes share the test batches (finetune/distributed.py): the same results."""
+With distributed.processes above 1 the processes share the test batches (finetune/train/distributed.py): the same results."""
 
 import argparse
 from pathlib import Path
 
 import pandas as pd
 
-from finetune import distributed, param_schemas, params
+from finetune import param_schemas, params
 from finetune.evaluation import confusion_rows, evaluate_classification, evaluate_generation, headline
 from finetune.files import read_jsonl, write_csv, write_json
 from finetune.model import base_model, methods
 from finetune.stage import run
+from finetune.train import distributed
 
 PARAMS = ("base_model", "quantization", "train.method", "evaluate", "baseline", "distributed.processes",
           "distributed.machines")

@@ -1,7 +1,7 @@
 """train_qlora: fine-tune the base model by train.method (QLoRA, LoRA or every weight); write the result and its metrics.
 
-A killed run resumes from its last checkpoint in `checkpoint_dir` on the next `dvc repro` (finetune/checkpoints.py).
-With distributed.processes above 1 it runs again under accelerate launch; rank 0 alone writes (finetune/distributed.py).
+A killed run resumes from its last checkpoint in `checkpoint_dir` on the next `dvc repro` (finetune/train/checkpoints.py).
+With distributed.processes above 1 it runs again under accelerate launch; rank 0 alone writes (finetune/train/distributed.py).
 """
 
 import argparse
@@ -11,13 +11,14 @@ from pathlib import Path
 from dvclive import Live
 from transformers.integrations import DVCLiveCallback
 
-from finetune import distributed, params, provenance
-from finetune.checkpoints import CheckpointCallback, Checkpoints, run_identity
+from finetune import params, provenance
 from finetune.errors import PipelineError
 from finetune.files import copy_tree, read_jsonl, write_json
 from finetune.model import base_model, methods
 from finetune.stage import run
-from finetune.training import encode_split, save_trained, train_model
+from finetune.train import distributed
+from finetune.train.checkpoints import CheckpointCallback, Checkpoints, run_identity
+from finetune.train.training import encode_split, save_trained, train_model
 
 PARAMS = ("base_model", "quantization", "lora", "train", "distributed")
 TASK_PARTS = ("data", "prompt", "train")  # data: run.json records the input field predict reads

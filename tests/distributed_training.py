@@ -11,10 +11,11 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, TrainerCallback
 
-from finetune import distributed, param_schemas, params
+from finetune import param_schemas, params
 from finetune.model import methods
 from finetune.model.embedded import EMBEDDED_DIR
-from finetune.training import train_model
+from finetune.train import distributed
+from finetune.train.training import train_model
 from tests.conftest import ROOT, tiny_llama
 
 EXAMPLES = 72  # a multiple of every batch per update tested: accelerate fills a last, smaller batch of each process from the start of the data

@@ -4,8 +4,8 @@
 import os
 import runpy
 
-from finetune import training
 from finetune.errors import PipelineError
+from finetune.train import training
 
 if os.environ.get("RANK") == "1":
     def refuse(*args, **kwargs):

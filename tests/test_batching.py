@@ -1,7 +1,7 @@
 import torch
 
-from finetune.batching import AnswerOnlyCollator, left_pad, positions
 from finetune.text.prompts import IGNORE_INDEX, answer_ids, encode_example, render_prompt
+from finetune.train.batching import AnswerOnlyCollator, left_pad, positions
 
 
 def encoded(tokenizer, pairs):
@@ -50,7 +50,7 @@ def test_padding_does_not_change_an_examples_loss(tiny_model, tokenizer):
 def test_a_packed_rows_mask_keeps_each_token_inside_its_own_example():
     import torch
 
-    from finetune.batching import packed_attention_mask
+    from finetune.train.batching import packed_attention_mask
 
     mask = packed_attention_mask(torch.tensor([[0, 1, 2, 0, 1]]))  # two examples, of 3 and 2 tokens
     assert mask.shape == (1, 1, 5, 5)
@@ -62,7 +62,7 @@ def test_a_packed_rows_mask_keeps_each_token_inside_its_own_example():
 
 
 def test_a_packed_layout_gives_each_examples_offsets_and_the_longest_length():
-    from finetune.batching import packed_layout
+    from finetune.train.batching import packed_layout
 
     layout = packed_layout(torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]]))  # examples of 3, 2 and 4 tokens
     assert layout["offsets"].tolist() == [0, 3, 5, 9] and layout["offsets"].dtype == torch.int32
@@ -83,8 +83,8 @@ def _each_example_alone(query, key, value, offsets, longest, scale):
 def test_packed_attention_through_a_varlen_kernel_equals_the_masked_row(tiny_model):
     """With a kernel, SDPA's calls on packed rows go to it, and the logits and gradients are those of the whole row
     through SDPA and its mask (fp32); every decoder layer's call went to it; SDPA is itself again after `remove`."""
-    from finetune.batching import PackedAttention
     from finetune.model.base_model import key_value_heads_repeated
+    from finetune.train.batching import PackedAttention
 
     sdpa = torch.nn.functional.scaled_dot_product_attention
     lengths = [5, 3, 7, 1, 4]
@@ -118,7 +118,7 @@ def test_packed_attention_through_a_varlen_kernel_equals_the_masked_row(tiny_mod
 
 def test_packed_attention_leaves_padded_calls_to_sdpa(tiny_model):
     """A call with an attention mask (a padded batch) is no packed row: the kernel is not asked."""
-    from finetune.batching import PackedAttention
+    from finetune.train.batching import PackedAttention
 
     calls = []
     packed = PackedAttention(tiny_model, lambda *args: calls.append(1))

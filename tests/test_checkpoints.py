@@ -17,10 +17,10 @@ from transformers import TrainerCallback
 from transformers.integrations import DVCLiveCallback
 
 from finetune import params
-from finetune.checkpoints import MARKER, CheckpointCallback, Checkpoints, differences
 from finetune.errors import PipelineError
 from finetune.model import base_model
-from finetune.training import encode_split, train_model
+from finetune.train.checkpoints import MARKER, CheckpointCallback, Checkpoints, differences
+from finetune.train.training import encode_split, train_model
 from tests.conftest import tiny_llama
 
 LABELS = ["snacks", "dairy eggs", "produce"]
@@ -124,7 +124,7 @@ def test_differences_name_each_changed_key():
 def test_sigterm_writes_a_checkpoint_and_stops_with_one_line(setup, tmp_path, monkeypatch, wait_s, stop):
     """Signalled during step 3 of 12, logging every 2: it stops at step 4 (the next logging step, so the curve stays
     exact) when that comes soon, else at the end of step 3. The next run resumes from there."""
-    monkeypatch.setattr("finetune.checkpoints.SIGTERM_WAIT_S", wait_s)
+    monkeypatch.setattr("finetune.train.checkpoints.SIGTERM_WAIT_S", wait_s)
     with pytest.raises(PipelineError, match=rf"stopped by SIGTERM at step {stop} of 12; checkpoint-{stop} is in .*dvc repro"):
         train(setup, tmp_path / "run", extra=[SignalAt(3)])
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back

@@ -10,11 +10,12 @@ import sys
 import pytest
 import torch
 
-from finetune import distributed, param_schemas, params
-from finetune.batching import length_batches
+from finetune import param_schemas, params
 from finetune.errors import PipelineError
 from finetune.model import methods
 from finetune.model.base_model import compute_dtype
+from finetune.train import distributed
+from finetune.train.batching import length_batches
 from tests import distributed_training
 from tests.conftest import ROOT
 

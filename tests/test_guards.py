@@ -9,9 +9,9 @@ import torch
 
 from finetune import params
 from finetune.errors import PipelineError
-from finetune.guards import GradientGuard
 from finetune.model import base_model
-from finetune.training import encode_split, train_model
+from finetune.train.guards import GradientGuard
+from finetune.train.training import encode_split, train_model
 from tests.conftest import tiny_llama
 
 
@@ -45,7 +45,7 @@ def test_a_non_finite_gradient_is_caught_before_the_optimizer_step(bad):
 
 
 def test_the_advice_names_the_rate_a_grown_batch_trained_at_beside_the_params_own():
-    from finetune.guards import advice
+    from finetune.train.guards import advice
 
     plain = advice(0.001, 0.05)
     assert "train.learning_rate (now 0.001)" in plain and "gpu_lr_scaling" not in plain

@@ -5,12 +5,12 @@ import pytest
 
 from finetune import params
 from finetune.model import methods
-from finetune.sft import build_trainer
+from finetune.train.sft import build_trainer
 
 
 def _examples(tokenizer, kind: str, n: int = 12, varied: bool = False) -> tuple[list[dict], object]:
     """`varied`: product names of different lengths."""
-    from finetune.training import encode_split
+    from finetune.train.training import encode_split
 
     if kind == "classification":
         task = params.read_task(name="instacart")
@@ -38,7 +38,7 @@ def test_sft_trainer_steps_lose_what_the_plain_trainer_loses_on_the_same_batches
     import torch
     from transformers import Trainer, TrainingArguments
 
-    from finetune.batching import AnswerOnlyCollator
+    from finetune.train.batching import AnswerOnlyCollator
     from tests.conftest import lora_params, tiny_falcon, tiny_llama
 
     build = {"llama": tiny_llama, "falcon": tiny_falcon}[arch]
@@ -120,7 +120,7 @@ def test_packed_training_loses_what_padded_training_loses(arch, tmp_path, tokeni
     """Three steps on the same examples (the whole split a step, so both orders give the same batches): padding-free
     batches, one row with positions restarting per example and attention kept inside each, train as padded ones do:
     the same loss at every step (fp32, 1e-5 relative) and the same adapter after. Falcon takes the packed rows' mask
-    from finetune.batching (its own mask ignores the position ids: without it, the first step's loss differs by 2e-3)."""
+    from finetune.train.batching (its own mask ignores the position ids: without it, the first step's loss differs by 2e-3)."""
     import torch
 
     from tests.conftest import lora_params, tiny_falcon, tiny_llama

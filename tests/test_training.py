@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from finetune import params
-from finetune.batching import wants_padding_free
 from finetune.errors import PipelineError
-from finetune.memory import StepMemory, activation_bytes, lora_parameters
 from finetune.model import methods
-from finetune.training import (LARGE_MODEL, compile_blocks, device_batch_size, parameter_count, wants_checkpointing,
+from finetune.train.batching import wants_padding_free
+from finetune.train.memory import StepMemory, activation_bytes, lora_parameters
+from finetune.train.training import (LARGE_MODEL, compile_blocks, device_batch_size, parameter_count, wants_checkpointing,
                                wants_compile)
 
 
@@ -177,7 +177,7 @@ def test_an_adapter_trains_alone_and_frozen_weights_keep_their_dtype():
 def test_train_result_counts_a_4bit_model_at_its_dense_size(tmp_path, tokenizer):
     """metrics/train.json's total_parameters: the dense base plus the adapter, whether the base is 4-bit or not."""
     from finetune.model import base_model
-    from finetune.training import encode_split, train_model
+    from finetune.train.training import encode_split, train_model
     from tests.conftest import tiny_llama
 
     tiny_llama(vocab_size=len(tokenizer)).save_pretrained(tmp_path / "base")
@@ -194,7 +194,7 @@ def test_train_result_counts_a_4bit_model_at_its_dense_size(tmp_path, tokenizer)
 
 
 def test_a_grown_batch_trains_at_the_square_root_of_its_growth_times_the_tasks_rate():
-    from finetune.training import scaled_learning_rate
+    from finetune.train.training import scaled_learning_rate
 
     assert scaled_learning_rate(1e-3, 64, 16, "sqrt") == pytest.approx(2e-3)
     assert scaled_learning_rate(1e-3, 269, 16, "sqrt") == pytest.approx(1e-3 * (269 / 16) ** 0.5)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from finetune.model import base_model, methods
-from finetune.training import save_trained
+from finetune.train.training import save_trained
 from tests.conftest import lora_params, tiny_falcon, tiny_llama
 
 LABELS = ["dairy eggs", "dry goods pasta", "frozen", "produce", "snacks"]

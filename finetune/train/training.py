@@ -14,14 +14,14 @@ import torch
 from transformers import ProgressCallback, set_seed
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from finetune import distributed, memory
+from finetune.train import distributed, memory
 from finetune.model import methods
 from finetune.model.base_model import device, key_value_heads_repeated
 from finetune.errors import PipelineError
-from finetune.batching import any_length_attention, wants_padding_free
-from finetune.memory import StepMemory
-from finetune.checkpoints import CheckpointCallback
-from finetune.sft import build_trainer
+from finetune.train.batching import any_length_attention, wants_padding_free
+from finetune.train.memory import StepMemory
+from finetune.train.checkpoints import CheckpointCallback
+from finetune.train.sft import build_trainer
 from finetune.files import atomic_path, write_json
 from finetune.text.chat import encode_conversation
 from finetune.model.methods import Trainable
@@ -100,7 +100,7 @@ def wants_checkpointing(setting: bool | str, needs: StepMemory | None) -> bool:
 
     Recomputing costs about a third of each step's matmuls. On CPU memory is plentiful and
     recomputation only costs time; on a GPU the step's activations are estimated from the model's
-    config and compared with what the device has free (finetune/memory.py): a 7B model at 4,096
+    config and compared with what the device has free (finetune/train/memory.py): a 7B model at 4,096
     tokens a step fits an H200 without it, not a 24 GB card. `true` is the low-memory mode.
     """
     return switch("train.gradient_checkpointing", setting,

@@ -11,12 +11,12 @@ import torch
 from transformers import Trainer, TrainerCallback
 from trl import SFTConfig
 
-from finetune import distributed
-from finetune.batching import AnswerOnlyCollator, PackedAttention, flash_over_examples, wants_padding_free
-from finetune.guards import GradientGuard, GuardedTrainer, advice
 from finetune.model.methods import Trainable
 from finetune.param_schemas import LoraParams, TaskTrainParams, TrainParams
 from finetune.text.prompts import IGNORE_INDEX
+from finetune.train import distributed
+from finetune.train.batching import AnswerOnlyCollator, PackedAttention, flash_over_examples, wants_padding_free
+from finetune.train.guards import GradientGuard, GuardedTrainer, advice
 
 
 def sft_config(task_train: TaskTrainParams, params: TrainParams, output_dir: str, has_validation: bool,

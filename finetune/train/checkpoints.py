@@ -22,8 +22,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from finetune import distributed
 from finetune.files import write_json
+from finetune.train import distributed
 
 log = logging.getLogger(__name__)
 

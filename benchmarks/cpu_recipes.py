@@ -31,9 +31,9 @@ from pathlib import Path
 
 from benchmarks.instacart_smollm2 import StepClock
 from finetune import params
+from finetune.evaluate.scoring import label_scores, predict_by_scoring
 from finetune.files import read_jsonl
 from finetune.model import base_model, methods
-from finetune.scoring import label_scores, predict_by_scoring
 from finetune.text.prompts import render_prompt
 from finetune.train import training
 

@@ -24,7 +24,7 @@ from finetune import provenance
 from finetune.data.dialogues import build_dialogues
 from finetune.data.sources import load_source
 from finetune.data.splits import split_conversations
-from finetune.generation import generate
+from finetune.evaluate.generation import generate
 from finetune.model import base_model
 from finetune.params import read_task
 from finetune.text.chat import conversation_prompt_ids

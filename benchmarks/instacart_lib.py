@@ -50,14 +50,15 @@ def lib_full_split(out: Path) -> dict[str, int]:
 
 
 def lib_classic(train: list[dict], test: list[dict]) -> list[str]:
-    from finetune import baseline, params
+    from finetune import params
+    from finetune.evaluate import baseline
 
     return baseline.fit_predict([r["text"] for r in train], [r["label"] for r in train],
                                 [r["text"] for r in test], params.read("baseline"))
 
 
 def lib_metrics(actual: list[str], predicted: list[str], labels: list[str]) -> dict:
-    from finetune.metrics import classification_metrics
+    from finetune.evaluate.metrics import classification_metrics
 
     m = classification_metrics(actual, predicted, labels)
     return {k: m[k] for k in ("accuracy", "macro_f1", "weighted_f1")}
@@ -128,7 +129,8 @@ def lib_collate(tokenizer, features: list[dict]) -> dict:
 
 
 def lib_label_predict(model, tokenizer, texts: list[str], labels: list[str]) -> list[str]:
-    from finetune import params, scoring
+    from finetune import params
+    from finetune.evaluate import scoring
 
     p, e = lib_task().prompt, params.read("evaluate")
     batch = params.evaluation_batch_size(e.batch_size, on_gpu=torch.cuda.is_available())
@@ -137,12 +139,12 @@ def lib_label_predict(model, tokenizer, texts: list[str], labels: list[str]) -> 
 
 
 def lib_match(answers: list[str], labels: list[str]) -> list[str]:
-    from finetune import scoring
+    from finetune.evaluate import scoring
 
     return scoring.match_labels(answers, labels)
 
 
-NO_LABEL = "<no label>"  # finetune.scoring.NO_LABEL
+NO_LABEL = "<no label>"  # finetune.evaluate.scoring.NO_LABEL
 
 
 def read_split(name: str, limit: int | None) -> list[dict]:

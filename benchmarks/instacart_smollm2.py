@@ -3,7 +3,7 @@
 Cases (`run --cases`):
 - project-*: the train_qlora stage's code (`finetune.train.training.train_model` on `encode_split` examples:
   dynamic padding, length grouping, answer-only loss and logits) with params.yaml, then the evaluate
-  stage's code (`finetune.scoring.label_scores`, batched KV-cache label scoring) on a freshly loaded
+  stage's code (`finetune.evaluate.scoring.label_scores`, batched KV-cache label scoring) on a freshly loaded
   base model + adapter, and the one-example-at-a-time `pipeline("text-generation")` on a test subset.
 - seeds: the seed notebooks' recipe, as TRL's SFTTrainer ran it on a text dataset: "prompt answer<eos>"
   padded to 512 tokens, loss on every real token, nf4 + double quantisation via

@@ -23,7 +23,8 @@ import torch
 from benchmarks.instacart_lib import (DATA, lib_four_bit_layers, lib_load, lib_prompt, lib_task, lib_tokenizer,
                                       read_split)
 from benchmarks.measure import free, peak_gib, reset_peak, sync
-from finetune import params, scoring
+from finetune import params
+from finetune.evaluate import scoring
 from finetune.model.adapters import lora_config
 from peft import get_peft_model
 

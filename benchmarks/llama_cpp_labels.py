@@ -1,7 +1,7 @@
 """Label scoring under llama.cpp itself: the exported q8_0 GGUF classifies the test split as `evaluate` does.
 
 For each row of the predictions CSV the prompt is rendered and every allowed label is scored by the sum of
-its answer tokens' log-probabilities (finetune.scoring's label tokens: answer prefix + label, plus the end
+its answer tokens' log-probabilities (finetune.evaluate.scoring's label tokens: answer prefix + label, plus the end
 token only when one label's tokens start another's); the argmax is compared with the pipeline's fine-tuned
 predictions and with the truth. A few rows go into one llama.cpp decode: each prompt's tokens belong to one
 sequence per label and each label's tokens to its own, so a row's labels share its prompt's cache (as
@@ -29,8 +29,8 @@ import numpy as np
 import pandas as pd
 
 from finetune import provenance
+from finetune.evaluate.scoring import label_token_ids
 from finetune.files import read_jsonl
-from finetune.scoring import label_token_ids
 from finetune.text.prompts import prompt_ids, render_prompt
 
 RESULTS = Path(__file__).parent / "results"
@@ -50,7 +50,7 @@ def load_model(gguf: Path, extra_buffers: bool):
 
 
 class LlamaCppTokenizer:
-    """The GGUF's own tokenizer, with the two things finetune.text.prompts and finetune.scoring ask of one."""
+    """The GGUF's own tokenizer, with the two things finetune.text.prompts and finetune.evaluate.scoring ask of one."""
 
     def __init__(self, model):
         self.vocab = llama_cpp.llama_model_get_vocab(model)

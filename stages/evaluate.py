@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from finetune import param_schemas, params
-from finetune.evaluation import confusion_rows, evaluate_classification, evaluate_generation, headline
+from finetune.evaluate.evaluation import confusion_rows, evaluate_classification, evaluate_generation, headline
 from finetune.files import read_jsonl, write_csv, write_json
 from finetune.model import base_model, methods
 from finetune.stage import run

@@ -228,7 +228,7 @@ def _run_card_code(text: str, folder, capsys) -> dict:
 
 @pytest.mark.parametrize("artifact", ["adapter", "merged"])
 def test_the_cards_classification_code_scores_labels_as_evaluate_does(tmp_path, tokenizer, capsys, artifact):
-    from finetune.scoring import label_scores
+    from finetune.evaluate.scoring import label_scores
     from finetune.text.prompts import render_prompt
 
     model = _tiny_adapter(tmp_path, tokenizer)

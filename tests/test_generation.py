@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from finetune.generation import perplexity
+from finetune.evaluate.generation import perplexity
 from finetune.text.chat import encode_conversation, last_response_only
 
 

@@ -9,8 +9,8 @@ import torch
 
 from finetune import params
 from finetune.errors import PipelineError
+from finetune.evaluate.scoring import label_scores
 from finetune.model import methods
-from finetune.scoring import label_scores
 from finetune.train.sft import loraplus_optimizer
 from finetune.train.training import encode_split, save_trained, train_model
 from tests.conftest import lora_params, tiny_falcon, tiny_llama

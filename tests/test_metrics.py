@@ -2,7 +2,7 @@
 
 import pytest
 
-from finetune.metrics import distinct_n, generation_metrics, repeats_a_sentence
+from finetune.evaluate.metrics import distinct_n, generation_metrics, repeats_a_sentence
 
 
 def test_perfect_answers_score_full_marks_and_wrong_ones_do_not():

@@ -147,9 +147,9 @@ def test_the_closed_choices_params_allow_are_those_the_code_acts_on():
     """param_schemas.py declares the allowed values without importing the modules that act on them (it sits below them)."""
     import typing
 
-    from finetune import evaluation
     from finetune.data import dialogues
     from finetune.deliver import gguf, merge
+    from finetune.evaluate import evaluation
     from finetune.text import chat
 
     for literal, values in ((param_schemas.CHAT_TEMPLATES, chat.CHAT_TEMPLATES), (param_schemas.FORMATS, dialogues.FORMATS),

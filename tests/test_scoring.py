@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from finetune.scoring import NO_LABEL, label_scores, label_token_ids, match_labels, predict_by_scoring
+from finetune.evaluate.scoring import NO_LABEL, label_scores, label_token_ids, match_labels, predict_by_scoring
 from finetune.text.prompts import prompt_ids, render_prompt
 from tests.conftest import tiny_llama
 
@@ -89,7 +89,7 @@ def test_generated_answers_match_labels_exactly_or_count_as_no_label():
 
 def test_batched_generation_stops_at_the_end_token_and_matches_a_label(tokenizer):
     """The seeds' way (greedy generation + exact match), batched with left padding."""
-    from finetune.scoring import generate_answers
+    from finetune.evaluate.scoring import generate_answers
 
     short, long = render_prompt(TEMPLATE, "Milk"), render_prompt(TEMPLATE, "Organic Whole Milk Half Gallon")
     last = prompt_ids(tokenizer, short)[-1]
@@ -111,7 +111,7 @@ def test_labels_scored_in_chunks_of_a_tiny_memory_budget_score_the_same(tiny_mod
 
 
 def test_label_chunks_fit_the_budget_and_group_labels_of_one_length():
-    from finetune.scoring import _label_chunks
+    from finetune.evaluate.scoring import _label_chunks
 
     label_ids = [[1, 2], [3, 4, 5, 6], [7, 8], [9, 10, 11], [12, 13]]
     per_label = lambda width: 100 * width  # noqa: E731 - bytes one label's continuation needs

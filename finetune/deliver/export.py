@@ -17,7 +17,7 @@ from finetune.deliver import gguf
 from finetune.deliver.merge import MERGE_INTO, merged_model
 from finetune.deliver.predict import answer_conversations, classify_texts
 from finetune.deliver.trained import TrainedRun
-from finetune.metrics import classification_metrics, generation_metrics
+from finetune.evaluate.metrics import classification_metrics, generation_metrics
 from finetune.model import base_model
 
 

@@ -16,11 +16,11 @@ from typing import Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
-from finetune import scoring
 from finetune.deliver.trained import TrainedRun
 from finetune.errors import PipelineError
+from finetune.evaluate import scoring
+from finetune.evaluate.generation import generate
 from finetune.files import atomic_path
-from finetune.generation import generate
 from finetune.text.chat import conversation_prompt_ids
 from finetune.text.prompts import render_prompt
 

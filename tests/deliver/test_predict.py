@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from finetune import scoring
 from finetune.deliver.predict import answer_conversations, classify_texts, predict_file
 from finetune.deliver.trained import load_trained
 from finetune.errors import PipelineError
+from finetune.evaluate import scoring
 from tests.conftest import ROOT
 from tests.deliver.conftest import LABELS
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from finetune import baseline, scoring
 from finetune.errors import PipelineError
-from finetune.generation import generate, perplexity
-from finetune.metrics import classification_metrics, generation_metrics, rouge_l_per_answer
+from finetune.evaluate import baseline, scoring
+from finetune.evaluate.generation import generate, perplexity
+from finetune.evaluate.metrics import classification_metrics, generation_metrics, rouge_l_per_answer
 from finetune.model.methods import models_side_by_side
 from finetune.param_schemas import BaselineParams, Task
 from finetune.text.chat import conversation_prompt_ids, encode_conversation, last_response_only

@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from finetune.errors import PipelineError
-from finetune.generation import generate
+from finetune.evaluate.generation import generate
 from finetune.text.prompts import answer_ids, end_token_id, prompt_ids
 from finetune.train import distributed
 from finetune.train.batching import any_length_attention, left_pad, length_batches, positions

@@ -82,7 +82,7 @@ def publish(args) -> None:
 def pr_report(args) -> None:
     from pathlib import Path
 
-    from finetune.pr_report import build
+    from finetune.report.pr_report import build
 
     images = build(args.base, Path(args.out), args.image_url)
     print(f"pr-report: {args.out} (images in {images})")

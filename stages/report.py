@@ -7,7 +7,7 @@ import pandas as pd
 
 from finetune import param_schemas, params
 from finetune.files import atomic_path, read_json
-from finetune.reporting import build_report
+from finetune.report.reporting import build_report
 from finetune.stage import run
 
 PARAMS = tuple(param_schemas.SECTIONS)  # the report prints every param, so every section is its dependency

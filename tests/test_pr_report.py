@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 from PIL import Image
 
-from finetune import pr_report
-from finetune.reporting import curve_from_text
+from finetune.report import pr_report
+from finetune.report.reporting import curve_from_text
 
 
 def test_probe_answers_are_shown_before_and_after_and_a_new_probe_says_so():

@@ -19,7 +19,7 @@ import yaml
 from sklearn.metrics import ConfusionMatrixDisplay
 
 from finetune.errors import PipelineError
-from finetune.reporting import PNG_METADATA, cell, curve_from_text, plt, save_loss_plot
+from finetune.report.reporting import PNG_METADATA, cell, curve_from_text, plt, save_loss_plot
 
 EVALUATION = "metrics/eval.json"
 PREDICTIONS = "metrics/predictions.csv"

@@ -1,0 +1,1 @@
+"""The Markdown report: the pipeline's report, and the pull request's report against a base revision."""

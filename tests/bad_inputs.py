@@ -1,7 +1,7 @@
 """Data files the prepare stage must refuse with one line, and files it must read despite their quirks.
 
 Each is meant as `data.source: data/raw/<name>` of a classification task with input_field `product`
-and target_field `department` (no drop_labels needed). tests/test_sources.py runs them all through
+and target_field `department` (no drop_labels needed). tests/data/test_sources.py runs them all through
 `load_source` + `build_examples`; other tests (the stage, `dvc repro`) can reuse the lists.
 """
 

@@ -14,7 +14,7 @@ from finetune.data import sources
 from finetune.files import read_jsonl
 from stages import evaluate, prepare, split, train_qlora
 from tests.conftest import ROOT, tiny_falcon, tiny_llama
-from tests.test_examples import assert_one_line_error, run_prepare
+from tests.data.test_examples import assert_one_line_error, run_prepare
 
 FIXTURES = ROOT / "tests" / "fixtures"
 # task -> (fixture file, tiny architecture, overrides of the task's data and prompt)

@@ -13,7 +13,7 @@ from finetune.deliver.card import model_card, write_card
 from finetune.deliver.publish import publish
 from finetune.errors import PipelineError
 from tests.conftest import ROOT
-from tests.test_card import INSTACART_EVAL, INSTACART_RUN
+from tests.deliver.test_card import INSTACART_EVAL, INSTACART_RUN
 
 REPO_ID = "someone/instacart-adapter"
 

@@ -11,7 +11,7 @@ from finetune.data.splits import split_examples, train_only_classes
 from finetune.errors import PipelineError
 from finetune.files import write_jsonl
 from stages import split
-from tests.test_examples import write_task_params
+from tests.data.test_examples import write_task_params
 
 NO_CAPS = {"train": None, "validation": None, "test": None}
 

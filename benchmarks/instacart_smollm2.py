@@ -199,6 +199,9 @@ PROJECT_CASES = {  # name -> (train param overrides on top of params.yaml, evalu
     "project-lr2e-3": ({"gpu_min_steps": 200, "gpu_lr_scaling": "none", "learning_rate": 0.002}, True),
     "project-lr3e-3": ({"gpu_min_steps": 200, "gpu_lr_scaling": "none", "learning_rate": 0.003}, True),
     "project-100-steps-lr3e-3": ({"gpu_min_steps": 100, "gpu_lr_scaling": "none", "learning_rate": 0.003}, True),
+    "project-4k": ({"gpu_batch_tokens": 4096}, True),  # the budget of the second session's 0.8164
+    "project-140-steps": ({"gpu_min_steps": 140}, True),
+    "project-140-steps-lr3e-3": ({"gpu_min_steps": 140, "gpu_lr_scaling": "none", "learning_rate": 0.003}, True),
     "project-padded": ({"padding_free": False}, True),
     "project-compiled": ({"compile": True}, True),
     "project-b128": ({"batch_size": 128}, True),

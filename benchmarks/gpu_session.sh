@@ -6,12 +6,14 @@
 # label scoring by batch) or current-code (2026-12-02, third session: the 7B shapes on the second session's code, with
 # the compile-off path, Falcon's low-memory mode and the seeds' dialogue workload; no GGUF needed) or varlen
 # (2026-12-03, fourth session: packed rows' attention by flash varlen, beside the masked SDPA it replaced, and a
-# batch of 8,192 tokens; each command also fits one 10-minute call, which is how that session ran them).
+# batch of 8,192 tokens; each command also fits one 10-minute call, which is how that session ran them) or
+# side-by-side (2026-12-03, fifth session: each 7B shape beside its seeds in one run, then SmolLM2's epoch by the
+# number of steps; run one call each there too).
 # It outlasts one 10-minute call, so it runs in the background on the held machine. Each case writes its JSON as it
 # goes; a failing command is reported and the next one runs. The SmolLM2 cases wait for its GGUF, which travels in
 # parts (/root/gguf.part-*, then /root/gguf.ready): it is larger than what one call carries.
 set -u
-PLAN=${1:?packing, small-model, current-code or varlen}
+PLAN=${1:?packing, small-model, current-code, varlen or side-by-side}
 RES=${2:-/root/res}
 mkdir -p "$RES"
 export PYTHONUNBUFFERED=1
@@ -65,11 +67,25 @@ varlen() {
         --paths seeds project --out "$RES"
 }
 
+side_by_side() {
+    run python3 -m benchmarks.qlora_throughput run --models llama-7b --workloads instacart full512 \
+        --paths seeds project project-low-memory --packing-check --out "$RES"
+    run python3 -m benchmarks.qlora_throughput run --models falcon-7b --workloads instacart --paths seeds project \
+        --packing-check --out "$RES"
+    smollm2
+    run python3 -u -m benchmarks.instacart_smollm2 run --model /root/smol --cases project seeds --seeds-budget-s 60 \
+        --pipeline-cases none --out "$RES" --work /root/work
+    run python3 -u -m benchmarks.instacart_smollm2 run --model /root/smol --cases project-100-steps-lr3e-3 \
+        project-lr2e-3 project-lr3e-3 project-200-steps project-4k project-140-steps project-140-steps-lr3e-3 \
+        --pipeline-cases none --out "$RES" --work /root/work
+}
+
 case "$PLAN" in
     packing) packing ;;
     small-model) small_model ;;
     current-code) current_code ;;
     varlen) varlen ;;
-    *) echo "unknown plan $PLAN: packing, small-model, current-code or varlen"; exit 2 ;;
+    side-by-side) side_by_side ;;
+    *) echo "unknown plan $PLAN: packing, small-model, current-code, varlen or side-by-side"; exit 2 ;;
 esac
 echo "== done $(date -u +%H:%M:%S)"

@@ -40,7 +40,7 @@ from benchmarks.instacart_lib import (DATA, export, lib_encode, lib_four_bit_lay
                                       lib_metrics, lib_prompt, lib_tokenizer, lib_train, prepare, read_split)
 from benchmarks.measure import (MATMUL_CEILING_TFLOPS, SEEDS_LENGTH, accuracy, free, loss_check, mfu, peak_gib,
                                 pipeline_predict, reset_peak, sync, timed_predict, warm_pipeline)
-from benchmarks.qlora_throughput import seeds_model
+from benchmarks.seeds_stack import seeds_model
 
 SEEDS_LR = 2e-4
 LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")

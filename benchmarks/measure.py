@@ -1,10 +1,11 @@
 """How the benchmarks measure: GPU sync and peak memory, MFU, timed predictions, the seeds' pipeline loop.
 
-Shared by `qlora_throughput.py`, `instacart_smollm2.py` and `label_scoring_batch.py`.
+Shared by `qlora_throughput.py`, `seeds_stack.py`, `packing_check.py`, `instacart_smollm2.py` and `label_scoring_batch.py`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import time
 
@@ -105,3 +106,23 @@ def loss_check(model, tokenizer, encoded: list[dict], batches: int, size: int) -
     diff = max(max(abs(r[0] - r[1]), abs(r[0] - r[2])) for r in rows)
     return {"batches": rows, "columns": ["project", "same batch, all logits", "each padded to 512"],
             "max_abs_diff": round(diff, 5)}
+
+
+def figures(batch: int, seconds: float, steps: int, real_tokens: int, padded_tokens: int | None,
+            checkpointing: bool, loss: float, peak_gib: float | None = None) -> dict:
+    """A timed window's training figures: step time, real (and padded) tokens a second, peak memory, the last loss."""
+    peak = peak_gib if peak_gib is not None else torch.cuda.max_memory_allocated() / 2**30
+    return {"batch": batch, "steps_timed": steps, "step_s": round(seconds / steps, 4),
+            "tokens_per_s": round(real_tokens / seconds, 1),
+            "padded_tokens_per_s": round(padded_tokens / seconds, 1) if padded_tokens else None,
+            "peak_gib": round(peak, 2), "gradient_checkpointing": checkpointing, "loss": round(loss, 4)}
+
+
+@contextlib.contextmanager
+def restored(module, name: str):
+    """Put `module.name` back as it was on leaving, whatever the block set it to."""
+    before = getattr(module, name)
+    try:
+        yield
+    finally:
+        setattr(module, name, before)

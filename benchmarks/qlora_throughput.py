@@ -4,9 +4,8 @@ Both paths train the same randomly initialised 7B-shaped model (built from `Llam
 `FalconConfig()`, whose defaults are the 7B shapes; speed does not depend on the weights' values),
 LoRA r=16 alpha=32 on all linear layers, sequence at most 512.
 
-- seeds:   nf4 + double quantisation, bf16 compute, prepare_model_for_kbit_training with gradient
-           checkpointing, LoRA dropout 0.05, paged 8-bit AdamW, every example padded to 512 and the
-           loss on every real token (the seed notebooks' SFT on a text field), batch 4 or 8.
+- seeds:   the seed notebooks' stack (`benchmarks/seeds_stack.py`: nf4 + double quantisation, gradient
+           checkpointing, paged 8-bit AdamW, every example padded to 512, loss on every real token), batch 8.
 - project: `finetune.train.training.train_model` itself, as the train_qlora stage calls it on a GPU:
            `finetune.model.base_model.load_model`, params.yaml's lora and train sections (the batch grows to
            `train.gpu_batch_tokens`, checkpointing by size), dynamic padding with length-grouped
@@ -20,6 +19,7 @@ Workloads (`benchmarks/workloads.py`; the token ids are random, the lengths and 
              `### Human: / ### Assistant:` format a 7B base model gets, cut at 512 tokens (mean 322).
 - full512:   every example 512 tokens long, loss on every token: no padding for anyone to save.
 
+`--packing-check` adds `benchmarks/packing_check.py`: the loss of the same examples packed and padded.
 Tokens/s counts real (not padding) tokens. Writes one JSON per run under the output folder and
 prints a table. Usage:
 
@@ -38,8 +38,10 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.measure import MATMUL_CEILING_TFLOPS, free
-from benchmarks.workloads import IGNORE_INDEX, SEQUENCE, describe, profile, workload
+from benchmarks.measure import MATMUL_CEILING_TFLOPS, figures, free, mfu, restored
+from benchmarks.packing_check import packing_check
+from benchmarks.seeds_stack import seeds_measure, seeds_model
+from benchmarks.workloads import SEQUENCE, describe, profile, stand_in_tokenizer, workload
 
 LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")
 
@@ -61,51 +63,6 @@ def build_checkpoint(shape: str, folder: Path) -> int:
         del model
         free()
     return n_params
-
-
-def seeds_model(folder: Path):
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=torch.bfloat16)
-    model = AutoModelForCausalLM.from_pretrained(folder, quantization_config=quant, dtype=torch.bfloat16,
-                                                 device_map={"": 0}, attn_implementation="sdpa")
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
-    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
-
-
-def seeds_measure(model, examples: list[dict], batch: int, steps: int, warmup: int) -> dict:
-    """The seeds' loop: shuffled examples padded to 512, loss on every real token, paged 8-bit AdamW."""
-    import bitsandbytes as bnb
-
-    optimizer = bnb.optim.PagedAdamW8bit([p for p in model.parameters() if p.requires_grad], lr=2e-4)
-    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(1)).tolist()
-    model.train()
-    torch.cuda.reset_peak_memory_stats()
-    times, real = [], []
-    for step in range(warmup + steps):
-        rows = [examples[i] for i in order[step * batch:(step + 1) * batch]]
-        ids = torch.zeros((batch, SEQUENCE), dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, ex in enumerate(rows):
-            ids[r, :len(ex["input_ids"])] = torch.tensor(ex["input_ids"])
-            mask[r, :len(ex["input_ids"])] = 1
-        labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
-        ids, mask, labels = ids.cuda(), mask.cuda(), labels.cuda()
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
-        if step >= warmup:
-            times.append(time.perf_counter() - start)
-            real.append(int(mask.sum()))
-    return figures(batch, sum(times), len(times), sum(real), batch * SEQUENCE * len(times),
-                   checkpointing=True, loss=float(loss))
 
 
 class StepClock:
@@ -163,15 +120,6 @@ def profile_callback(profile_to: Path, warmup: int, steps: int):
     return Profile()
 
 
-def stand_in_tokenizer():
-    """A tokenizer object for TRL, which refuses anything else: the examples come as ids, it only reads the pad id (0)."""
-    from tokenizers import Tokenizer, models
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = Tokenizer(models.WordLevel({"<pad>": 0, "<unk>": 1}, unk_token="<unk>"))
-    return PreTrainedTokenizerFast(tokenizer_object=vocab, pad_token="<pad>", unk_token="<unk>", eos_token="<pad>")
-
-
 def counted_tokens(kwargs: dict) -> int:
     """Real tokens of one forward call: the padded batch's mask, or every token of a packed row (no padding)."""
     mask = kwargs.get("attention_mask")
@@ -218,15 +166,11 @@ def project_measure(folder: Path, examples: list[dict], steps: int, warmup: int,
         varlen_calls.append(out is not None)
         return out
 
-    sft.flash_over_examples = counted_kernel
-    try:
-        with tempfile.TemporaryDirectory() as work:
-            tokenizer = stand_in_tokenizer()
-            trained, result = train_model(model, tokenizer, examples, [], task_train, train_p, lora, Path(work),
-                                          callbacks=callbacks)
-            peft_model = trained.model
-    finally:
-        sft.flash_over_examples = kernel
+    with tempfile.TemporaryDirectory() as work, restored(sft, "flash_over_examples"):
+        sft.flash_over_examples = counted_kernel
+        trained, result = train_model(model, stand_in_tokenizer(), examples, [], task_train, train_p, lora, Path(work),
+                                      callbacks=callbacks)
+        peft_model = trained.model
     seconds, timed = clock.window()
     tokens = sum(real_tokens[warmup:warmup + timed])
     out = figures(result.batch_size, seconds, timed, tokens, None, result.gradient_checkpointing,
@@ -237,66 +181,6 @@ def project_measure(folder: Path, examples: list[dict], steps: int, warmup: int,
     del peft_model, model
     free()
     return out
-
-
-def packing_check(folder: Path, examples: list[dict], n: int = 64) -> dict:
-    """The loss and the LoRA weights' gradient of the same `n` examples in one padded batch and in one packed row,
-    through build_trainer's batches: on a GPU the packed row's attention is flash varlen, the padded batch's SDPA;
-    `masked_*`: the packed row through SDPA and its mask, as before flash varlen (the same kernel as the padded batch,
-    so its difference is the bf16 rounding of the rows' other shapes, and the packed one's beyond it the kernels')."""
-    import tempfile
-
-    from finetune import params
-    from finetune.model import base_model, methods
-    from finetune.param_schemas import TaskTrainParams
-    from finetune.train import sft
-
-    model = base_model.load_model(str(folder), "main", base_model.quantization_config(True, "nf4", True))
-    lora = params.replace(params.read("lora"), r=16, alpha=32)
-    trained = methods.trainable(model, "qlora", lora, False, "")
-    task_train = TaskTrainParams(epochs=1, batch_size=n, learning_rate=2e-4, max_length=SEQUENCE)
-    tokenizer = stand_in_tokenizer()
-    losses, grads = {}, {}
-    weights = [p for p in trained.model.parameters() if p.requires_grad]
-    kernel = sft.flash_over_examples
-    with tempfile.TemporaryDirectory() as work, torch.autocast("cuda", dtype=torch.bfloat16), \
-            base_model.key_value_heads_repeated(trained.model):  # as training runs Falcon: its kernel sees equal heads
-        for name in ("padded", "packed", "packed_masked"):  # packed_masked: SDPA over the row with its mask
-            padding_free = name != "padded"
-            sft.flash_over_examples = (lambda *args: None) if name == "packed_masked" else kernel
-            train_p = params.replace(params.read("train"), padding_free=padding_free)
-            trainer = sft.build_trainer(trained, tokenizer, examples[:n], [], task_train, train_p, lora,
-                                        Path(work) / name, [], padding_free=padding_free)
-            batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
-            loss = trainer.compute_loss(trained.model.eval(), batch)
-            loss.backward()
-            losses[name] = float(loss)
-            grads[name] = torch.cat([p.grad.float().flatten() for p in weights if p.grad is not None])
-            trained.model.zero_grad(set_to_none=True)
-            if trainer.packed_mask is not None:
-                trainer.packed_mask.remove()
-    sft.flash_over_examples = kernel
-
-    def gradient_difference(name: str) -> float:
-        return round(float((grads[name] - grads["padded"]).norm() / grads["padded"].norm()), 6)
-
-    out = {"examples": n, **{k: round(v, 5) for k, v in losses.items()},
-           "relative_difference": round(abs(losses["packed"] - losses["padded"]) / losses["padded"], 6),
-           "gradient_relative_difference": gradient_difference("packed"),
-           "masked_relative_difference": round(abs(losses["packed_masked"] - losses["padded"]) / losses["padded"], 6),
-           "masked_gradient_relative_difference": gradient_difference("packed_masked")}
-    del trained, model, grads
-    free()
-    return out
-
-
-def figures(batch: int, seconds: float, steps: int, real_tokens: int, padded_tokens: int | None,
-            checkpointing: bool, loss: float, peak_gib: float | None = None) -> dict:
-    peak = peak_gib if peak_gib is not None else torch.cuda.max_memory_allocated() / 2**30
-    return {"batch": batch, "steps_timed": steps, "step_s": round(seconds / steps, 4),
-            "tokens_per_s": round(real_tokens / seconds, 1),
-            "padded_tokens_per_s": round(padded_tokens / seconds, 1) if padded_tokens else None,
-            "peak_gib": round(peak, 2), "gradient_checkpointing": checkpointing, "loss": round(loss, 4)}
 
 
 def run(args) -> None:
@@ -324,7 +208,7 @@ def run(args) -> None:
 
         def record(result: dict, path: str, name: str) -> None:
             result.update(model=shape, path=path, workload=name, parameters=n_params,
-                          mfu=round(result["tokens_per_s"] * 4 * n_params / (MATMUL_CEILING_TFLOPS * 1e12), 4))
+                          mfu=mfu(result["tokens_per_s"], n_params))
             rows.append(result)
             print(json.dumps(result), flush=True)
             save()

@@ -72,3 +72,12 @@ def workload(name: str, profiles: dict, vocab: int, seed: int = 0) -> list[dict]
             labels[start:end] = ids[start:end]
         examples.append({"input_ids": ids, "attention_mask": [1] * length, "labels": labels})
     return examples
+
+
+def stand_in_tokenizer():
+    """A tokenizer object for TRL, which refuses anything else: the examples come as ids, it only reads the pad id (0)."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = Tokenizer(models.WordLevel({"<pad>": 0, "<unk>": 1}, unk_token="<unk>"))
+    return PreTrainedTokenizerFast(tokenizer_object=vocab, pad_token="<pad>", unk_token="<unk>", eos_token="<pad>")

@@ -68,10 +68,15 @@ def device_batch_size(task_train: TaskTrainParams, params: TrainParams, lengths:
     `gpu_batch_tokens` tokens even if every example were as long as the longest (which bounds
     memory; a packed batch of random examples holds about its size times the mean), but stays small
     enough for `gpu_min_steps` optimizer steps an epoch; it never shrinks below the task's batch_size.
+    The low-memory mode (`gradient_checkpointing: true`) holds a step to the tokens of the task's own
+    batch at its `max_length` as well: the memory a padded batch of the task's size would take.
     """
     if not on_gpu or params.gpu_batch_tokens <= 0 or not lengths:
         return task_train.batch_size
-    by_tokens = int(params.gpu_batch_tokens // (sum(lengths) / len(lengths) if packed else max(lengths)))
+    budget = params.gpu_batch_tokens
+    if params.gradient_checkpointing is True:
+        budget = min(budget, task_train.batch_size * task_train.max_length)
+    by_tokens = int(budget // (sum(lengths) / len(lengths) if packed else max(lengths)))
     by_steps = int(len(lengths) * task_train.epochs) // max(1, params.gpu_min_steps * params.gradient_accumulation)
     return max(task_train.batch_size, min(by_tokens, by_steps))
 

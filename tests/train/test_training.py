@@ -51,6 +51,19 @@ def test_packed_batches_grow_to_the_token_budget_at_the_mean_length():
     assert device_batch_size(task_train, train, lengths, on_gpu=True, packed=False) == 4096 // 40
 
 
+def test_the_low_memory_mode_holds_a_step_to_the_tasks_batch_at_its_max_length():
+    task_train, low = settings(gpu_batch_tokens=8192, gpu_min_steps=10, gradient_checkpointing=True)
+    _, auto = settings(gpu_batch_tokens=8192, gpu_min_steps=10)
+    task_tokens = task_train.batch_size * task_train.max_length
+    assert task_tokens < 8192
+    full_rows = [task_train.max_length] * 100_000
+    assert device_batch_size(task_train, low, full_rows, on_gpu=True) == task_train.batch_size
+    assert device_batch_size(task_train, auto, full_rows, on_gpu=True) == 8192 // task_train.max_length
+    short = [10] * 100_000   # still grown, to the task's tokens
+    assert device_batch_size(task_train, low, short, on_gpu=True, packed=True) == task_tokens // 10
+    assert device_batch_size(task_train, auto, short, on_gpu=True, packed=True) == 8192 // 10
+
+
 def test_auto_compile_switches_on_only_for_a_large_model_on_a_gpu():
     assert wants_compile("auto", LARGE_MODEL, on_gpu=True)
     assert not wants_compile("auto", LARGE_MODEL - 1, on_gpu=True)

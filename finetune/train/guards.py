@@ -40,13 +40,20 @@ class GuardedTrainer(SFTTrainer):
 
 
 class GradientGuard(TrainerCallback):
-    """Checks the gradient norm after clipping, before the optimizer step: it is finite only if the raw one was."""
+    """Checks the gradient norm after clipping, before the optimizer step: it is finite only if the raw one was.
+
+    The trainable weights are listed at the first check (the model is wrapped by then) and kept: walking a
+    small model's 2,500 modules for its 700 weights at every step costs a dispatch-bound GPU step 5%.
+    """
 
     def __init__(self, what_to_try: str):
         self.what_to_try = what_to_try
+        self.trainable: list[torch.Tensor] | None = None
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if self.trainable is None:
+            self.trainable = [p for p in model.parameters() if p.requires_grad]
+        grads = [p.grad for p in self.trainable if p.grad is not None]
         if grads:
             norm = float(torch.nn.utils.get_total_norm(grads))
             if not math.isfinite(norm):

@@ -44,6 +44,19 @@ def test_a_non_finite_gradient_is_caught_before_the_optimizer_step(bad):
     assert guard.on_pre_optimizer_step(None, SimpleNamespace(global_step=7), "control", model=layer) == "control"
 
 
+def test_the_gradient_guard_checks_only_the_trainable_weights_and_keeps_their_list():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
+    model[0].requires_grad_(False)
+    model(torch.ones(1, 4)).sum().backward()
+    model[0].weight.grad = torch.full((4, 4), float("nan"))  # a frozen weight's stray gradient is not the adapter's
+    guard = GradientGuard("lower it")
+    assert guard.on_pre_optimizer_step(None, SimpleNamespace(global_step=0), "control", model=model) == "control"
+    assert guard.trainable == [model[1].weight, model[1].bias]
+    model[1].weight.grad[0, 0] = float("inf")
+    with pytest.raises(PipelineError, match="the gradient norm is inf"):
+        guard.on_pre_optimizer_step(None, SimpleNamespace(global_step=1), None, model=None)  # the kept list
+
+
 def test_the_advice_names_the_rate_a_grown_batch_trained_at_beside_the_params_own():
     from finetune.train.guards import advice
 

@@ -100,6 +100,20 @@ def lib_four_bit_layers(kept: bool):
         base_model.GPU_DENSE_LIMIT_GIB = limit
 
 
+@contextlib.contextmanager
+def lib_lora_inputs_cast(kept: bool):
+    """If `kept`, PEFT casts each LoRA input to fp32 under autocast (as before `training.lora_inputs_uncast`)."""
+    from finetune.train import training
+
+    uncast = training.lora_inputs_uncast
+    if kept:
+        training.lora_inputs_uncast = lambda model, autocast: contextlib.nullcontext()
+    try:
+        yield
+    finally:
+        training.lora_inputs_uncast = uncast
+
+
 def lib_encode(tokenizer, rows: list[dict]) -> list[dict]:
     from finetune.train import training
 

@@ -37,7 +37,8 @@ import torch
 from transformers import TrainerCallback
 
 from benchmarks.instacart_lib import (DATA, export, lib_encode, lib_four_bit_layers, lib_label_predict, lib_load,
-                                      lib_metrics, lib_prompt, lib_tokenizer, lib_train, prepare, read_split)
+                                      lib_lora_inputs_cast, lib_metrics, lib_prompt, lib_tokenizer, lib_train, prepare,
+                                      read_split)
 from benchmarks.measure import (MATMUL_CEILING_TFLOPS, SEEDS_LENGTH, accuracy, free, loss_check, mfu, peak_gib,
                                 pipeline_predict, reset_peak, sync, timed_predict, warm_pipeline)
 from benchmarks.seeds_stack import seeds_model
@@ -55,7 +56,8 @@ def project_case(out: dict, save, model_dir: str, data: dict, overrides: dict, e
     train = lib_encode(tokenizer, data["train"])
     validation = lib_encode(tokenizer, data["validation"]) if evaluate else []
     overrides = dict(overrides)
-    with lib_four_bit_layers(overrides.pop(FOUR_BIT_LAYERS, False)):
+    with lib_four_bit_layers(overrides.pop(FOUR_BIT_LAYERS, False)), lib_lora_inputs_cast(overrides.pop(CAST_LORA_INPUTS,
+                                                                                                       False)):
         model = lib_load(model_dir)
         peft_model, result, train_p = lib_train(model, tokenizer, train, validation, overrides, work)
     answer_tokens = sum(sum(1 for x in ex["labels"] if x != -100) for ex in train)
@@ -190,10 +192,12 @@ def seeds_model_cpu(model_dir: str):
 
 
 FOUR_BIT_LAYERS = "four_bit_layers"  # a case key that is not a param: keep the 4-bit layers (lib_four_bit_layers)
+CAST_LORA_INPUTS = "cast_lora_inputs"  # nor this: PEFT casts LoRA inputs to fp32 under autocast (lib_lora_inputs_cast)
 
 PROJECT_CASES = {  # name -> (train param overrides on top of params.yaml, evaluate too); probes time a tenth of an epoch
     "project": ({}, True),
     "project-4bit-layers": ({FOUR_BIT_LAYERS: True}, True),
+    "project-cast-lora-inputs": ({CAST_LORA_INPUTS: True}, True),  # the code before 2026-12-03's sixth session
     # before train.gpu_lr_scaling (the task's rate as it is) and gpu_min_steps 100: 169 products a step, 201 steps
     "project-200-steps": ({"gpu_min_steps": 200, "gpu_lr_scaling": "none"}, True),
     "project-lr2e-3": ({"gpu_min_steps": 200, "gpu_lr_scaling": "none", "learning_rate": 0.002}, True),

@@ -9,8 +9,8 @@ from finetune.errors import PipelineError
 from finetune.model import methods
 from finetune.train.batching import wants_padding_free
 from finetune.train.memory import StepMemory, activation_bytes, lora_parameters
-from finetune.train.training import (LARGE_MODEL, compile_blocks, device_batch_size, parameter_count, wants_checkpointing,
-                               wants_compile)
+from finetune.train.training import (LARGE_MODEL, compile_blocks, device_batch_size, lora_inputs_uncast, parameter_count,
+                               wants_checkpointing, wants_compile)
 
 
 def settings(**train_overrides):
@@ -218,3 +218,32 @@ def test_a_grown_batch_trains_at_the_square_root_of_its_growth_times_the_tasks_r
 def test_an_unknown_learning_rate_scaling_is_refused_with_its_choices():
     with pytest.raises(PipelineError, match="gpu_lr_scaling"):
         params.replace(params.read("train"), gpu_lr_scaling="linear")
+
+
+def test_lora_layers_that_keep_their_bf16_input_under_autocast_give_the_same_loss_and_gradients():
+    from peft import LoraConfig, get_peft_model
+
+    from tests.conftest import tiny_llama
+
+    model = get_peft_model(tiny_llama(64).to(torch.bfloat16),
+                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()   # fp32 adapter on a bf16 base, as train_qlora holds them
+    ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(0))
+
+    def step(uncast: bool):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16), lora_inputs_uncast(model, uncast):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    (cast_loss, cast_grads), (uncast_loss, uncast_grads) = step(False), step(True)
+    assert torch.equal(cast_loss, uncast_loss)
+    assert all(torch.equal(a, b) for a, b in zip(cast_grads, uncast_grads))
+    assert any(g.abs().sum() > 0 for g in uncast_grads)
+    lora_layers = [m for m in model.modules() if hasattr(m, "cast_input_dtype_enabled")]
+    assert lora_layers and all(m.cast_input_dtype_enabled for m in lora_layers)  # restored on exit
+    with lora_inputs_uncast(model, False):
+        assert all(m.cast_input_dtype_enabled for m in lora_layers)

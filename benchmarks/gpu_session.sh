@@ -8,12 +8,13 @@
 # (2026-12-03, fourth session: packed rows' attention by flash varlen, beside the masked SDPA it replaced, and a
 # batch of 8,192 tokens; each command also fits one 10-minute call, which is how that session ran them) or
 # side-by-side (2026-12-03, fifth session: each 7B shape beside its seeds in one run, then SmolLM2's epoch by the
-# number of steps; run one call each there too).
+# number of steps; run one call each there too) or capped (2026-12-03, sixth session: the low-memory mode held to
+# the task's batch, every 7B workload beside its seeds, SmolLM2 at 140 steps with and without its LoRA inputs cast).
 # It outlasts one 10-minute call, so it runs in the background on the held machine. Each case writes its JSON as it
 # goes; a failing command is reported and the next one runs. The SmolLM2 cases wait for its GGUF, which travels in
 # parts (/root/gguf.part-*, then /root/gguf.ready): it is larger than what one call carries.
 set -u
-PLAN=${1:?packing, small-model, current-code, varlen or side-by-side}
+PLAN=${1:?packing, small-model, current-code, varlen, side-by-side or capped}
 RES=${2:-/root/res}
 mkdir -p "$RES"
 export PYTHONUNBUFFERED=1
@@ -80,12 +81,34 @@ side_by_side() {
         --pipeline-cases none --out "$RES" --work /root/work
 }
 
+capped() {
+    run python3 -m benchmarks.qlora_throughput run --models llama-7b --workloads instacart full512 \
+        --paths seeds project project-low-memory --packing-check --out "$RES"
+    run python3 -m benchmarks.qlora_throughput run --models falcon-7b --workloads instacart full512 \
+        --paths seeds project project-low-memory --packing-check --out "$RES"
+    run python3 -m benchmarks.qlora_throughput run --models llama-7b --workloads dialogue \
+        --paths seeds project project-eager --out "$RES"
+    run python3 -m benchmarks.qlora_throughput run --models llama-7b --workloads instacart full512 \
+        --paths project-eager --out "$RES"
+    run python3 -m benchmarks.qlora_throughput run --models falcon-7b --workloads dialogue --paths seeds project \
+        --out "$RES"
+    smollm2
+    run python3 -u -m benchmarks.instacart_smollm2 run --model /root/smol --cases project seeds --seeds-budget-s 60 \
+        --pipeline-cases none --out "$RES" --work /root/work
+    run python3 -u -m benchmarks.instacart_smollm2 run --model /root/smol --cases project-cast-lora-inputs \
+        project-compiled --pipeline-cases none --out "$RES" --work /root/work
+    run python3 -u -m benchmarks.label_scoring_batch --model /root/smol --batches 64 256 512 1024 --layers dense \
+        --out "$RES"
+    run python3 -u -m benchmarks.instacart_smollm2 profile --model /root/smol --batch 241 --out "$RES"
+}
+
 case "$PLAN" in
     packing) packing ;;
     small-model) small_model ;;
     current-code) current_code ;;
     varlen) varlen ;;
     side-by-side) side_by_side ;;
-    *) echo "unknown plan $PLAN: packing, small-model, current-code, varlen or side-by-side"; exit 2 ;;
+    capped) capped ;;
+    *) echo "unknown plan $PLAN: packing, small-model, current-code, varlen, side-by-side or capped"; exit 2 ;;
 esac
 echo "== done $(date -u +%H:%M:%S)"

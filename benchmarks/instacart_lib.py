@@ -90,28 +90,25 @@ def lib_load(model_dir: str, adapter: str | None = None, dense: bool | None = No
 @contextlib.contextmanager
 def lib_four_bit_layers(kept: bool):
     """If `kept`, a GPU keeps a small base's 4-bit layers (as before `base_model.dense_copy` held it dense there)."""
+    from benchmarks.measure import restored  # measure imports this module
     from finetune.model import base_model
 
-    limit = base_model.GPU_DENSE_LIMIT_GIB
-    base_model.GPU_DENSE_LIMIT_GIB = 0.0 if kept else limit
-    try:
+    with restored(base_model, "GPU_DENSE_LIMIT_GIB"):
+        if kept:
+            base_model.GPU_DENSE_LIMIT_GIB = 0.0
         yield
-    finally:
-        base_model.GPU_DENSE_LIMIT_GIB = limit
 
 
 @contextlib.contextmanager
 def lib_lora_inputs_cast(kept: bool):
     """If `kept`, PEFT casts each LoRA input to fp32 under autocast (as before `training.lora_inputs_uncast`)."""
+    from benchmarks.measure import restored
     from finetune.train import training
 
-    uncast = training.lora_inputs_uncast
-    if kept:
-        training.lora_inputs_uncast = lambda model, autocast: contextlib.nullcontext()
-    try:
+    with restored(training, "lora_inputs_uncast"):
+        if kept:
+            training.lora_inputs_uncast = lambda model, autocast: contextlib.nullcontext()
         yield
-    finally:
-        training.lora_inputs_uncast = uncast
 
 
 def lib_encode(tokenizer, rows: list[dict]) -> list[dict]:

@@ -24,7 +24,10 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
-import llama_cpp
+try:
+    import llama_cpp
+except ModuleNotFoundError:  # built from the sdist `make setup` downloads: see above
+    llama_cpp = None
 import numpy as np
 import pandas as pd
 
@@ -158,6 +161,8 @@ def main() -> None:
     parser.add_argument("--extra-buffers", action="store_true",
                         help="let llama.cpp repack weights for AMX / its CPU kernels (crashes on this project's Xeon)")
     args = parser.parse_args()
+    if llama_cpp is None:
+        parser.error("needs llama-cpp-python: pip install .venv/share/llama-cpp-python/llama_cpp_python-0.3.36.tar.gz")
 
     predictions = pd.read_csv(args.predictions, keep_default_na=False).head(args.rows)
     labels, labels_origin = allowed_labels(args.labels_from, predictions)

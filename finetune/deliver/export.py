@@ -13,12 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
-from finetune.deliver import gguf
-from finetune.deliver.merge import MERGE_INTO, merged_model
+import pandas as pd
+
+from finetune.deliver import card, gguf
+from finetune.deliver.merge import MERGE_INTO, merged_model, merged_run_info, save_merged
 from finetune.deliver.predict import answer_conversations, classify_texts
-from finetune.deliver.trained import TrainedRun
+from finetune.deliver.trained import TrainedRun, read_run
 from finetune.evaluate.metrics import classification_metrics, generation_metrics
+from finetune.files import atomic_path, read_json, read_jsonl
 from finetune.model import base_model
+from finetune.param_schemas import ExportParams, Task
 
 
 def merge_figures(run: TrainedRun, model, tokenizer, test: list[dict], adapter_answers: list[str], batch_size: int,
@@ -77,4 +81,37 @@ def gguf_files(merged: Path, dest: Path, types: list[str]) -> dict:
     for outtype, path in gguf.convert(merged, dest, tuple(types)).items():
         figures[outtype] = {"file": path.name, "mib": round(path.stat().st_size / 2**20, 1),
                             **gguf.check_readback(merged, path)}
+    return figures
+
+
+def release(split_dir: Path, adapter_dir: Path, metrics_dir: Path, release_dir: Path, task: Task, export: ExportParams,
+            batch_size: int, memory_gib: float) -> dict:
+    """Write `release_dir`: the adapter, the merged model and its GGUF files, each with its card; returns the figures
+    of every check (metrics/export.json)."""
+    trained = read_run(adapter_dir)
+    test = read_jsonl(split_dir / "test.jsonl")
+    predictions = pd.read_csv(metrics_dir / "predictions.csv", keep_default_na=False)
+    evaluation = read_json(metrics_dir / "eval.json")
+    tokenizer = base_model.load_tokenizer(str(trained.folder), "main")
+    generation = ({"max_new_tokens": task.evaluate.max_new_tokens,
+                   "no_repeat_ngram_size": task.evaluate.no_repeat_ngram_size} if task.is_generation else {})
+    answers = predictions["finetuned"].astype(str).tolist()
+    if trained.is_whole_model:  # full fine-tuning: nothing to merge
+        merges, model = check_whole_model(trained, tokenizer, test, answers, batch_size, memory_gib, generation)
+    else:
+        merges, model = compare_merges(trained, tokenizer, test, answers, export.merge_into, batch_size, memory_gib,
+                                       generation)
+    merged_into = "none" if trained.is_whole_model else export.merge_into
+    figures = {"enabled": True, "merge": merges, "merged_into": merged_into}
+
+    with atomic_path(release_dir) as release:
+        if not trained.is_whole_model:
+            copy_adapter(trained.folder, release / "adapter")
+        merged_info = merged_run_info(trained, merged_into, model)
+        save_merged(model, tokenizer, release / "merged", merged_info)
+        figures["gguf"] = gguf_files(release / "merged", release / "gguf", export.gguf)
+        cards = {**({} if trained.is_whole_model else {"adapter": trained.info}), "merged": merged_info,
+                 **({"gguf": merged_info} if figures["gguf"] else {})}
+        for artifact, info in cards.items():
+            card.write_card(release / artifact, card.model_card(info, evaluation, artifact, extra=figures))
     return figures

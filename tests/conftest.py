@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,10 @@ from finetune import param_schemas, params
 from finetune.model.embedded import EMBEDDED_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n`: a worker per core, so one thread per worker, and per stage
+    os.environ["OMP_NUM_THREADS"] = "1"   # process it starts (the tiny models gain nothing from a second thread)
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +48,30 @@ def tiny_falcon(vocab_size: int, seed: int = 0) -> FalconForCausalLM:
 def lora_params(**changes) -> param_schemas.LoraParams:
     """params.yaml's lora section with some values changed (a small adapter for tiny models)."""
     return params.replace(params.read("lora"), **changes)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, tokenizer) -> Path:
+    """A tiny Llama over SmolLM2's tokenizer, saved once per test run: the base model of the tiny pipelines."""
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    tiny_llama(len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory, tiny_llama_dir):
+    """The tiny pipeline after its first `dvc repro`, committed (tests/tiny_pipeline.py): built once per test run, for
+    every worker of `pytest -n`; a test takes a clone of it (`tiny_pipeline.clone`), never the pipeline itself."""
+    from filelock import FileLock
+
+    from tests.tiny_pipeline import build_once
+
+    run_dir = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        run_dir = run_dir.parent  # each worker has a folder in the run's
+    with FileLock(run_dir / "tiny_pipeline.lock"):
+        return build_once(run_dir / "tiny_pipeline", tiny_llama_dir)
 
 
 @pytest.fixture(params=["llama", "falcon"])

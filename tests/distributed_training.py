@@ -1,5 +1,6 @@
 """Train a tiny Llama through the pipeline's trainer and save its loss curve and weights: run as one process by the
-tests, and as several under accelerate launch (`python -m tests.distributed_training OUT METHOD BATCH ACCUMULATION`).
+tests, and as several under accelerate launch, one launch for several settings
+(`python -m tests.distributed_training OUT METHOD:BATCH:ACCUMULATION ...`, each written to OUT/METHOD-BATCH-ACCUMULATION).
 """
 
 from __future__ import annotations
@@ -64,5 +65,12 @@ def train(out: Path, method: str, batch: int, accumulation: int) -> None:
                                                      "batch_size": result.batch_size, "steps": result.steps}))
 
 
+def folder_name(method: str, batch: int, accumulation: int) -> str:
+    return f"{method}-{batch}-{accumulation}"
+
+
 if __name__ == "__main__":
-    train(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    for setting in sys.argv[2:]:
+        method, batch, accumulation = setting.split(":")
+        train(Path(sys.argv[1]) / folder_name(method, int(batch), int(accumulation)), method, int(batch),
+              int(accumulation))

@@ -18,7 +18,7 @@ import yaml
 
 from finetune import stage
 from tests.bad_inputs import BAD_DATA_FILES, HANDLED_DATA_FILES
-from tests.conftest import ROOT, tiny_llama
+from tests.conftest import ROOT
 
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}  # the stages run from a checkout elsewhere, as in a DVC experiment
@@ -99,15 +99,14 @@ def files(folder: Path) -> dict[str, tuple[int, int]]:
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory, tokenizer) -> Path:
+def workspace(tmp_path_factory, tiny_llama_dir) -> Path:
     """A checkout with a tiny base model and the tiny default's examples and split, made by the real stages."""
     folder = tmp_path_factory.mktemp("workspace")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for key, value in TINY.items():
         set_key(params, key, value)
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    tiny_llama(len(tokenizer)).save_pretrained(folder / "models/base/tiny")
-    tokenizer.save_pretrained(folder / "models/base/tiny")
+    shutil.copytree(tiny_llama_dir, folder / "models/base/tiny")
     for name in ("prepare", "split"):
         argv = shlex.split(DVC[name]["cmd"])[2:]
         subprocess.run([sys.executable, "-m", *argv], cwd=folder, env=ENV, check=True, capture_output=True)

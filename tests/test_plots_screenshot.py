@@ -11,7 +11,7 @@ from PIL import Image
 from docs.plots_screenshot import (CHROMIUM_NAMES, MIN_INK_PIXELS, VEGA_PACKAGES, build_template, charts_not_drawn,
                                    crop_to_plots, screenshot)
 from finetune.errors import PipelineError
-from tests.test_pipeline import TINY, dvc, make_repo
+from tests.tiny_pipeline import clone
 
 
 def test_the_template_inlines_the_three_scripts_and_keeps_the_plots_placeholder():
@@ -44,9 +44,8 @@ HAS_BROWSER_AND_NPM = shutil.which("npm") and any(map(shutil.which, CHROMIUM_NAM
 
 
 @pytest.mark.skipif(not HAS_BROWSER_AND_NPM, reason="needs chromium and npm")
-def test_the_tiny_pipeline_plots_render_in_chromium(tmp_path, tokenizer):
-    repo = make_repo(tmp_path / "repo", tokenizer, {**TINY, "export": {"enabled": False}})
-    dvc(repo, "repro")
+def test_the_tiny_pipeline_plots_render_in_chromium(tmp_path, tiny_pipeline):
+    repo = clone(tiny_pipeline, tmp_path / "repo")
     plots = screenshot(repo, [], tmp_path / "plots.png", "1200,3000")  # raises if a chart is not drawn
     assert plots == ["Examples_per_class__prepare_", "Fine-tuned_model__test_split", "Base_model__test_split",
                      "Training_loss__one_point_per_log_", "Learning_rate"]

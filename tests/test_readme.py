@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from tests.test_pipeline import TINY, dvc, make_repo
+from tests.tiny_pipeline import clone
 
 MARKER = "<!-- next-commands:"
 
@@ -24,10 +24,9 @@ def next_commands() -> str:
 
 
 @pytest.fixture(scope="module")
-def after_make_repro(tmp_path_factory, tokenizer) -> Path:
+def after_make_repro(tmp_path_factory, tiny_pipeline) -> Path:
     """A tiny pipeline as `make repro` leaves a clone: reproduced, with the project's .venv in it."""
-    repo = make_repo(tmp_path_factory.mktemp("readme"), tokenizer, {**TINY, "export": {"enabled": False}})
-    dvc(repo, "repro")
+    repo = clone(tiny_pipeline, tmp_path_factory.mktemp("readme") / "repo")
     (repo / ".venv").symlink_to(ROOT / ".venv")  # make setup's virtual environment
     return repo
 
@@ -44,7 +43,7 @@ def test_the_next_commands_run_as_written_in_a_fresh_shell(after_make_repro):
     assert script.startswith("source .venv/bin/activate")
     proc = fresh_shell(after_make_repro, script)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert "lora.r" in proc.stdout and "finetuned.accuracy" in proc.stdout  # exp show's columns, metrics diff's rows
+    assert "lora.r" in proc.stdout and "trainable_parameters" in proc.stdout  # exp show's columns, metrics diff's rows
 
 
 def test_without_activating_the_environment_they_fail(after_make_repro):

@@ -13,7 +13,7 @@ import yaml
 from finetune.data import sources
 from finetune.files import read_jsonl
 from stages import evaluate, prepare, split, train_qlora
-from tests.conftest import ROOT, tiny_falcon, tiny_llama
+from tests.conftest import ROOT, tiny_falcon
 from tests.data.test_examples import assert_one_line_error, run_prepare
 
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -28,12 +28,12 @@ CASES = {
 
 
 @pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory, tokenizer):
+def tiny_models(tmp_path_factory, tokenizer, tiny_llama_dir):
     """Tiny Llama and Falcon folders over SmolLM2's tokenizer (which has a chat template)."""
     root = tmp_path_factory.mktemp("models")
-    for name, build in (("llama", tiny_llama), ("falcon", tiny_falcon)):
-        build(len(tokenizer)).save_pretrained(root / name)
-        tokenizer.save_pretrained(root / name)
+    (root / "llama").symlink_to(tiny_llama_dir)
+    tiny_falcon(len(tokenizer)).save_pretrained(root / "falcon")
+    tokenizer.save_pretrained(root / "falcon")
     return root
 
 

@@ -13,25 +13,24 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_pipeline import TINY, dvc, make_repo, ran_stages
 from tests.conftest import ROOT
+from tests.tiny_pipeline import clone as clone_pipeline
+from tests.tiny_pipeline import dvc, redone_stages
 
 PIPELINE_SCRIPT = ROOT / ".github/scripts/pipeline.sh"
 
 
 @pytest.fixture(scope="module")
-def team(tmp_path_factory, tokenizer) -> dict[str, Path]:
-    """Clone A, after `dvc repro`, committed and pushed to the git remote, its outputs pushed to the DVC remote."""
+def team(tmp_path_factory, tiny_pipeline) -> dict[str, Path]:
+    """Clone A, after `dvc repro`, committed and pushed to the git remote, its outputs pushed to the DVC remote. The
+    clones made from the git remote (B, C and CI's) have caches of their own: what they get, they pull."""
     root = tmp_path_factory.mktemp("team")
     origin, storage = root / "origin.git", root / "dvc-storage"
     dvc(root, "git", "init", "-q", "--bare", "-b", "main", str(origin))
-    a = make_repo(root / "a", tokenizer, {**TINY, "export": {"enabled": False}})
+    a = clone_pipeline(tiny_pipeline, root / "a")
     dvc(a, "remote", "add", "-d", "storage", str(storage))  # README: `dvc remote add -d storage <path or s3://...>`
-    dvc(a, "git", "remote", "add", "origin", str(origin))
-    dvc(a, "repro")
-    dvc(a, "git", "add", "-A")
-    dvc(a, "git", "commit", "-qm", "first run, and the DVC remote")
-    dvc(a, "git", "branch", "-M", "main")
+    dvc(a, "git", "remote", "set-url", "origin", str(origin))
+    dvc(a, "git", "commit", "-qam", "the DVC remote")
     dvc(a, "git", "push", "-q", "origin", "main")
     dvc(a, "push")
     return {"root": root, "origin": origin, "storage": storage, "a": a}
@@ -47,26 +46,26 @@ def test_a_fresh_clone_pulls_instead_of_retraining_and_gets_the_same_report(team
     b = clone(team, "b")
     dvc(b, "pull")
     output = dvc(b, "repro")
-    assert ran_stages(output) == set(), output
+    assert redone_stages(output) == set(), output
     for path in ("metrics/report.md", "metrics/eval.json", "models/adapter/adapter_model.safetensors"):
         assert (b / path).read_bytes() == (team["a"] / path).read_bytes(), path
 
 
 def test_an_experiment_pushed_from_one_clone_is_listed_and_pulled_in_another(team):
     a = team["a"]
-    dvc(a, "exp", "run", "-n", "rank-4", "-S", "lora.r=4")
-    dvc(a, "exp", "push", "origin", "rank-4")  # its commit to the git remote, its outputs to the DVC remote
+    dvc(a, "exp", "run", "-n", "rank-32", "-S", "lora.r=32")
+    dvc(a, "exp", "push", "origin", "rank-32")  # its commit to the git remote, its outputs to the DVC remote
     c = clone(team, "c")
-    assert "rank-4" in dvc(c, "exp", "list", "origin")
-    dvc(c, "exp", "pull", "origin", "rank-4")
+    assert "rank-32" in dvc(c, "exp", "list", "origin")
+    dvc(c, "exp", "pull", "origin", "rank-32")
     shown = json.loads(dvc(c, "exp", "show", "--json"))
     revs = {rev["name"]: rev["data"] for baseline in shown for exp in baseline.get("experiments") or []
             for rev in exp["revs"]}
-    assert "rank-4" in revs
-    assert revs["rank-4"]["params"]["params.yaml"]["data"]["lora"]["r"] == 4
-    assert "finetuned" in revs["rank-4"]["metrics"]["metrics/eval.json"]["data"]
-    dvc(c, "exp", "apply", "rank-4")  # its outputs come from the DVC remote: nothing to retrain
-    assert json.loads((c / "models/adapter/adapter_config.json").read_text())["r"] == 4
+    assert "rank-32" in revs
+    assert revs["rank-32"]["params"]["params.yaml"]["data"]["lora"]["r"] == 32
+    assert "finetuned" in revs["rank-32"]["metrics"]["metrics/eval.json"]["data"]
+    dvc(c, "exp", "apply", "rank-32")  # its outputs come from the DVC remote: nothing to retrain
+    assert json.loads((c / "models/adapter/adapter_config.json").read_text())["r"] == 32
 
 
 def test_the_ci_script_reproduces_a_pull_request_and_writes_its_report(team):

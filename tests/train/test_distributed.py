@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -114,19 +115,31 @@ def run_two_processes(module: str, args: list[str], cwd=ROOT) -> subprocess.Comp
     return proc
 
 
-@pytest.mark.parametrize("method, batch, accumulation", [("qlora", 8, 1), ("qlora", 3, 2), ("full", 8, 1)])
-def test_two_processes_train_as_one_does_at_the_same_batch_per_update(tmp_path, method, batch, accumulation):
+SETTINGS = [("qlora", 8, 1), ("qlora", 3, 2), ("full", 8, 1)]
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory) -> Path:
+    """Every setting trained by 2 processes under one accelerate launch (each launch imports the libraries twice)."""
+    out = tmp_path_factory.mktemp("two_processes")
+    run_two_processes("tests.distributed_training", [str(out), *(":".join(map(str, s)) for s in SETTINGS)])
+    return out
+
+
+@pytest.mark.parametrize("method, batch, accumulation", SETTINGS)
+def test_two_processes_train_as_one_does_at_the_same_batch_per_update(two_processes, tmp_path, method, batch,
+                                                                      accumulation):
     """DDP over gloo: the same loss at every step within 1e-4, the same weights within 1e-5.
 
     FSDP does not run on CPU (accelerate 1.15 never turns a gloo process group into FSDP), so full
     fine-tuning is checked here under DDP; FSDP is measured on GPUs (benchmarks/README.md)."""
-    run_two_processes("tests.distributed_training", [str(tmp_path / "two"), method, str(batch), str(accumulation)])
+    two_dir = two_processes / distributed_training.folder_name(method, batch, accumulation)
     distributed_training.train(tmp_path / "one", method, batch, accumulation)
-    one, two = (json.loads((tmp_path / n / "result.json").read_text()) for n in ("one", "two"))
+    one, two = (json.loads((folder / "result.json").read_text()) for folder in (tmp_path / "one", two_dir))
     assert (one["processes"], two["processes"]) == (1, 2)
     assert two["batch_size"] == (batch // 2 if batch % 2 == 0 else batch)
     assert one["steps"] == two["steps"] == len(one["losses"]) == len(two["losses"])
     assert max(abs(a - b) for a, b in zip(one["losses"], two["losses"])) < 1e-4
-    w1, w2 = (torch.load(tmp_path / n / "weights.pt") for n in ("one", "two"))
+    w1, w2 = (torch.load(folder / "weights.pt") for folder in (tmp_path / "one", two_dir))
     assert w1.keys() == w2.keys() and w1
     assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < 1e-5

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from benchmarks.instacart_smollm2 import StepClock
-from finetune import params
+from finetune import kinds, params
 from finetune.evaluate.scoring import label_scores, predict_by_scoring
 from finetune.files import read_jsonl
 from finetune.model import base_model, methods
@@ -102,12 +102,12 @@ def run(args) -> None:
     train_rows = (train_rows + pool)[:n]
     model_p, quant = p["base_model"], p["quantization"]
     tokenizer = base_model.load_tokenizer(model_p.name, model_p.revision)
-    encoded = {name: training.encode_split(tokenizer, rows, task)
+    encoded = {name: kinds.of(task).encode(tokenizer, rows, task)
                for name, rows in (("train", train_rows), ("validation", read_jsonl(DATA / "split" / "validation.jsonl")))}
     model = methods.load_base(model_p.name, model_p.revision, p["train"].method, quant, dense=False)
     clock = StepClock(budget_s=None)
     with tempfile.TemporaryDirectory() as work:
-        trained, result = training.train_model(model, tokenizer, encoded["train"], encoded["validation"], task.train,
+        trained, result, _ = training.train_model(model, tokenizer, encoded["train"], encoded["validation"], task.train,
                                                p["train"], p["lora"], Path(work), callbacks=[clock],
                                                base_folder=model_p.name)
     model = trained.model

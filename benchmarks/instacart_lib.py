@@ -112,9 +112,10 @@ def lib_lora_inputs_cast(kept: bool):
 
 
 def lib_encode(tokenizer, rows: list[dict]) -> list[dict]:
-    from finetune.train import training
+    from finetune import kinds
 
-    return training.encode_split(tokenizer, rows, lib_task())
+    task = lib_task()
+    return kinds.of(task).encode(tokenizer, rows, task)
 
 
 def lib_train(model, tokenizer, train: list[dict], validation: list[dict], overrides: dict, work: Path,
@@ -127,10 +128,11 @@ def lib_train(model, tokenizer, train: list[dict], validation: list[dict], overr
     task_fields = set(type(task_train).model_fields)
     task_train = params.replace(task_train, **{k: v for k, v in overrides.items() if k in task_fields})
     shared = params.replace(shared, **{k: v for k, v in overrides.items() if k not in task_fields})
-    trained, result = training.train_model(model, tokenizer, train, validation, task_train, shared,
-                                           params.read("lora"), work, callbacks=list(callbacks))
+    trained, result, timings = training.train_model(model, tokenizer, train, validation, task_train, shared,
+                                                    params.read("lora"), work, callbacks=list(callbacks))
     training.save_trained(trained, tokenizer, work / "adapter", {"benchmark": True})
-    return trained.model, dataclasses.asdict(result), {**params.as_dict(shared), **params.as_dict(task_train)}
+    return (trained.model, {**dataclasses.asdict(result), **dataclasses.asdict(timings)},
+            {**params.as_dict(shared), **params.as_dict(task_train)})
 
 
 def lib_collate(tokenizer, features: list[dict]) -> dict:

@@ -6,11 +6,12 @@ check the same in fp32 on tiny models.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
 
-from benchmarks.measure import free, restored
+from benchmarks.measure import free
 from benchmarks.workloads import SEQUENCE, stand_in_tokenizer
 
 
@@ -25,6 +26,8 @@ def packing_check(folder: Path, examples: list[dict], n: int = 64) -> dict:
     from finetune.model import base_model, methods
     from finetune.param_schemas import TaskTrainParams
     from finetune.train import sft
+    from finetune.train.batching import PackedAttention, flash_over_examples
+    from finetune.train.training import step_plan
 
     model = base_model.load_model(str(folder), "main", base_model.quantization_config(True, "nf4", True))
     lora = params.replace(params.read("lora"), r=16, alpha=32)
@@ -33,24 +36,24 @@ def packing_check(folder: Path, examples: list[dict], n: int = 64) -> dict:
     tokenizer = stand_in_tokenizer()
     losses, grads = {}, {}
     weights = [p for p in trained.model.parameters() if p.requires_grad]
-    kernel = sft.flash_over_examples
     with tempfile.TemporaryDirectory() as work, torch.autocast("cuda", dtype=torch.bfloat16), \
-            base_model.key_value_heads_repeated(trained.model), restored(sft, "flash_over_examples"):
+            base_model.key_value_heads_repeated(trained.model):
         # key/value heads repeated as training runs Falcon: its kernel sees equal heads
         for name in ("padded", "packed", "packed_masked"):  # packed_masked: SDPA over the row with its mask
             padding_free = name != "padded"
-            sft.flash_over_examples = (lambda *args: None) if name == "packed_masked" else kernel
-            train_p = params.replace(params.read("train"), padding_free=padding_free)
-            trainer = sft.build_trainer(trained, tokenizer, examples[:n], [], task_train, train_p, lora,
-                                        Path(work) / name, [], padding_free=padding_free)
-            batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
-            loss = trainer.compute_loss(trained.model.eval(), batch)
-            loss.backward()
+            # gpu_batch_tokens 0: the plan keeps the batch at the n examples compared
+            train_p = params.replace(params.read("train"), padding_free=padding_free, gpu_batch_tokens=0)
+            plan = step_plan(trained.model, examples[:n], task_train, train_p, lora)
+            trainer = sft.build_trainer(trained, tokenizer, examples[:n], [], plan, train_p, lora, task_train.epochs,
+                                        Path(work) / name, [])
+            kernel = flash_over_examples if name == "packed" else None
+            with PackedAttention(trained.model, kernel) if padding_free else contextlib.nullcontext():
+                batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+                loss = trainer.compute_loss(trained.model.eval(), batch)
+                loss.backward()
             losses[name] = float(loss)
             grads[name] = torch.cat([p.grad.float().flatten() for p in weights if p.grad is not None])
             trained.model.zero_grad(set_to_none=True)
-            if trainer.packed_mask is not None:
-                trainer.packed_mask.remove()
 
     def gradient_difference(name: str) -> float:
         return round(float((grads[name] - grads["padded"]).norm() / grads["padded"].norm()), 6)

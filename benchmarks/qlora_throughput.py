@@ -145,7 +145,7 @@ def project_measure(folder: Path, examples: list[dict], steps: int, warmup: int,
     from finetune import params
     from finetune.model import base_model
     from finetune.param_schemas import TaskTrainParams
-    from finetune.train import sft
+    from finetune.train import training
     from finetune.train.training import train_model
 
     # A fresh base model per workload, as train_qlora loads one: train_model freezes and wraps it.
@@ -159,22 +159,22 @@ def project_measure(folder: Path, examples: list[dict], steps: int, warmup: int,
     train_p = params.replace(params.read("train"), **PATH_TRAIN[path])
     callbacks = [clock.callback] + ([profile_callback(profile_to, warmup, steps)] if profile_to else [])
     varlen_calls = []
-    kernel = sft.flash_over_examples
+    kernel = training.flash_over_examples
 
     def counted_kernel(*args):  # how many attention calls flash varlen served (project-masked: none, SDPA serves)
         out = None if path == "project-masked" else kernel(*args)
         varlen_calls.append(out is not None)
         return out
 
-    with tempfile.TemporaryDirectory() as work, restored(sft, "flash_over_examples"):
-        sft.flash_over_examples = counted_kernel
-        trained, result = train_model(model, stand_in_tokenizer(), examples, [], task_train, train_p, lora, Path(work),
+    with tempfile.TemporaryDirectory() as work, restored(training, "flash_over_examples"):
+        training.flash_over_examples = counted_kernel
+        trained, result, timings = train_model(model, stand_in_tokenizer(), examples, [], task_train, train_p, lora, Path(work),
                                       callbacks=callbacks)
         peft_model = trained.model
     seconds, timed = clock.window()
     tokens = sum(real_tokens[warmup:warmup + timed])
     out = figures(result.batch_size, seconds, timed, tokens, None, result.gradient_checkpointing,
-                  loss=result.final_loss, peak_gib=result.peak_memory_gib)
+                  loss=result.final_loss, peak_gib=timings.peak_memory_gib)
     out.update(compiled=result.compiled, padding_free=result.padding_free, varlen_attention_calls=sum(varlen_calls),
                masked_attention_calls=len(varlen_calls) - sum(varlen_calls), warmup_steps=warmup, warmup_s=clock.warmup_s(),
                step_times=[round(b - a, 3) for a, b in zip(clock.ends, clock.ends[1:])])

@@ -25,12 +25,12 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from finetune import params
+from finetune import kinds, params
 from finetune.files import read_jsonl
 from finetune.model import base_model, methods
 from finetune.train.batching import AnswerOnlyCollator
 from finetune.train.sft import build_trainer
-from finetune.train.training import encode_split
+from finetune.train.training import step_plan
 
 WARMUP = 3  # steps of each round not counted (allocation, first-batch costs)
 
@@ -54,7 +54,8 @@ def one_round(case: str, examples: list[dict], tokenizer, steps: int) -> tuple[l
     rows = examples[: steps * task.train.batch_size]
     with tempfile.TemporaryDirectory() as work:
         clock = Clock()
-        trainer = build_trainer(trained, tokenizer, rows, [], task.train, train_p, lora, Path(work), [clock])
+        plan = step_plan(trained.model, rows, task.train, train_p, lora)
+        trainer = build_trainer(trained, tokenizer, rows, [], plan, train_p, lora, task.train.epochs, Path(work), [clock])
         if case == "plain":
             fields = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
             args = TrainingArguments(**{k: v for k, v in trainer.args.to_dict().items() if k in fields
@@ -75,7 +76,8 @@ def main() -> None:
     args = parser.parse_args()
     name = params.read("base_model").name
     tokenizer = base_model.load_tokenizer(name, "main")
-    examples = encode_split(tokenizer, read_jsonl("data/split/train.jsonl"), params.read_task())
+    task = params.read_task()
+    examples = kinds.of(task).encode(tokenizer, read_jsonl("data/split/train.jsonl"), task)
     times: dict[str, list[float]] = {"sft": [], "plain": []}
     losses: dict[str, list[float]] = {}
     for i in range(args.rounds):

@@ -31,17 +31,16 @@ def label_spans(labels: list[int]) -> list[list[int]]:
 
 def profile(out: Path, instacart_split: Path) -> None:
     """The real lengths and answer positions of each workload, encoded as the pipeline encodes them."""
-    from finetune import params
+    from finetune import kinds, params
     from finetune.data import dialogues, sources
     from finetune.files import read_jsonl
     from finetune.model import base_model
     from finetune.model.embedded import EMBEDDED_DIR
     from finetune.text.chat import encode_conversation
-    from finetune.train.training import encode_split
 
     tokenizer = base_model.load_tokenizer(EMBEDDED_DIR, "main")
-    instacart = encode_split(tokenizer, read_jsonl(instacart_split / "train.jsonl"),
-                             params.read_task("params.yaml", None, "instacart"))
+    task = params.read_task("params.yaml", None, "instacart")
+    instacart = kinds.of(task).encode(tokenizer, read_jsonl(instacart_split / "train.jsonl"), task)
     conversations, _ = dialogues.build_dialogues(sources.load_chitchat(), "chitchat", "chitchat", "", "", [], 0)
     dialogue = [encode_conversation(tokenizer, m, "", "plain", SEQUENCE) for m in conversations["messages"]]
     record = {name: [[len(e["input_ids"]), label_spans(e["labels"])] for e in encoded]

@@ -1,6 +1,7 @@
-"""finetune: use a trained model: predict over files, chat, merge, export to GGUF, publish; report a change for review.
+"""finetune: use a trained model: predict over files, chat, merge, write a model card, publish; report a change for review.
 
-Thin on purpose: it parses the arguments and calls finetune.deliver.
+Thin on purpose: it parses and checks the arguments (a bad one is one `error:` line, as a bad param is), checks the
+trained folder, and calls finetune.deliver. The model libraries are imported only once everything checked out.
 """
 
 from __future__ import annotations
@@ -9,67 +10,150 @@ import argparse
 import json
 import sys
 import time
+import typing
+from pathlib import Path
+from typing import Literal
 
+from pydantic import ValidationError
+
+from finetune.errors import PipelineError
+from finetune.param_errors import error_line
+from finetune.param_schemas import MERGE_INTO, Count, Count0, Positive, Section
 from finetune.stage import run as run_with_one_line_errors
 
 ADAPTER = "models/adapter"
+ARTIFACTS = ("adapter", "merged", "gguf")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, whose complaints (a missing, unknown or mistyped argument) are one `error:` line and exit 1."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise PipelineError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
+class PredictOptions(Section):
+    """`finetune predict`'s numbers, checked like params."""
+
+    top_k: Count
+    batch_size: Count | Literal["auto"]
+    memory_gib: Positive
+    chunk_rows: Count
+    max_new_tokens: Count
+    no_repeat_ngram_size: Count0
+
+
+class ChatOptions(Section):
+    max_new_tokens: Count
+    no_repeat_ngram_size: Count0
+
+
+def checked(options: type[Section], args: argparse.Namespace, command: str) -> Section:
+    """The command's options, each within its range, or one line naming the option, its value and what is allowed."""
+    values = {name: getattr(args, name) for name in options.model_fields}
+    try:
+        return options.model_validate(values)
+    except ValidationError as e:
+        line = error_line(e, f"finetune {command}", options, {})
+        for name in options.model_fields:
+            line = line.replace(f": {name} is ", f": --{name.replace('_', '-')} is ")
+        raise PipelineError(line) from None
 
 
 def _batch_size(value: str) -> int | str:
     return value if value == "auto" else int(value)
 
 
+_batch_size.__name__ = "batch size (a count or auto)"  # what argparse calls the type in its one line
+
+
 def predict(args) -> None:
+    from finetune.deliver.predict import check_files
+    from finetune.deliver.trained import check_base_present, check_weights, read_run
+
+    options = checked(PredictOptions, args, "predict")
+    run = read_run(args.adapter)
+    check_weights(run)
+    check_base_present(run)
+    column = check_files(run, Path(args.input), Path(args.output), args.column)
+
     from finetune import params
     from finetune.deliver.predict import predict_file
     from finetune.deliver.trained import load_trained
     from finetune.model import base_model
 
     run, model, tokenizer = load_trained(args.adapter)
-    batch_size = params.evaluation_batch_size(args.batch_size, on_gpu=base_model.device().type == "cuda")
+    batch_size = params.evaluation_batch_size(options.batch_size, on_gpu=base_model.device().type == "cuda")
     start = time.perf_counter()
-    counts = predict_file(run, model, tokenizer, args.input, args.output, column=args.column,
-                          chunk_rows=args.chunk_rows, batch_size=batch_size, memory_gib=args.memory_gib,
-                          top_k=args.top_k, max_new_tokens=args.max_new_tokens,
-                          no_repeat_ngram_size=args.no_repeat_ngram_size)
+    counts = predict_file(run, model, tokenizer, args.input, args.output, column=column,
+                          chunk_rows=options.chunk_rows, batch_size=batch_size, memory_gib=options.memory_gib,
+                          top_k=options.top_k, max_new_tokens=options.max_new_tokens,
+                          no_repeat_ngram_size=options.no_repeat_ngram_size)
     seconds, rows = time.perf_counter() - start, sum(counts.values())
     print(f"predict: {rows} rows to {args.output} in {seconds:.1f} s ({rows / seconds:.2f} rows/s; {json.dumps(counts)})")
 
 
 def chat(args) -> None:
+    from finetune.deliver.trained import check_base_present, check_weights, read_run
+
+    options = checked(ChatOptions, args, "chat")
+    run = read_run(args.adapter)
+    if not run.kind.can_chat:
+        raise PipelineError(f"{run.folder} was trained for a {run.kind.name} task ({run.info['task']['name']}), not "
+                            "to chat; use `finetune predict` with it, or chat with a generation task's adapter")
+    check_weights(run)
+    check_base_present(run)
+
     from finetune.deliver.chat import chat_loop
     from finetune.deliver.trained import load_trained
 
     run, model, tokenizer = load_trained(args.adapter)
-    chat_loop(run, model, tokenizer, max_new_tokens=args.max_new_tokens,
-              no_repeat_ngram_size=args.no_repeat_ngram_size)
+    chat_loop(run, model, tokenizer, max_new_tokens=options.max_new_tokens,
+              no_repeat_ngram_size=options.no_repeat_ngram_size)
 
 
 def merge(args) -> None:
-    from finetune.deliver.merge import merged_model, merged_run_info, save_merged
-    from finetune.deliver.trained import read_run
-    from finetune.model import base_model
+    from finetune.deliver.trained import check_base_present, check_weights, read_run
 
     run = read_run(args.adapter)
+    if run.is_whole_model:
+        raise PipelineError(f"{run.folder} is a whole model (full fine-tuning's, or merged already), not an adapter: "
+                            "there is nothing to merge; load, predict with or convert it as it is")
+    check_weights(run)
+    check_base_present(run)
+    _check_new_folder(Path(args.output))
+
+    from finetune.deliver.merge import merged_model, merged_run_info, save_merged
+    from finetune.model import base_model
+
     model = merged_model(run, args.into)
     tokenizer = base_model.load_tokenizer(str(run.folder), "main")
     save_merged(model, tokenizer, args.output, merged_run_info(run, args.into, model))
     print(f"merge: {args.adapter} merged into its {args.into} base weights -> {args.output}")
 
 
-def card(args) -> None:
-    from pathlib import Path
+def _check_new_folder(path: Path) -> None:
+    """A folder to write: new, or one it replaces; never a file or the current folder."""
+    if path.exists() and not path.is_dir():
+        raise PipelineError(f"{path} is a file; name a folder for the merged model")
+    if path.resolve() == Path.cwd().resolve() or (path / ".git").exists() or (path / "dvc.yaml").exists():
+        raise PipelineError(f"{path} is a project folder; name a new folder for the merged model")
 
+
+def card(args) -> None:
+    from finetune import params
     from finetune.deliver.card import model_card, write_card
+    from finetune.deliver.trained import read_run
     from finetune.files import read_json
 
-    folder = Path(args.folder)
-    if not (folder / "run.json").is_file():
-        from finetune.errors import PipelineError
-
-        raise PipelineError(f"{folder}: no run.json; point at a folder written by train_qlora, merge or export")
+    run = read_run(args.folder)
     metrics = read_json(args.metrics) if Path(args.metrics).is_file() else None
-    path = write_card(folder, model_card(read_json(folder / "run.json"), metrics, args.artifact))
+    about = None
+    if Path("params.yaml").is_file():  # the task's own words, if this project still has the task
+        tasks = params.validate(params.load_yaml()).tasks
+        name = run.info["task"]["name"]
+        about = tasks[name].card if name in tasks else None
+    path = write_card(run.folder, model_card(run.info, metrics, args.artifact, about=about))
     print(f"card: {path}")
 
 
@@ -80,16 +164,14 @@ def publish(args) -> None:
 
 
 def pr_report(args) -> None:
-    from pathlib import Path
-
     from finetune.report.pr_report import build
 
     images = build(args.base, Path(args.out), args.image_url)
     print(f"pr-report: {args.out} (images in {images})")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="finetune", description=__doc__.splitlines()[0])
+def build_parser() -> Parser:
+    parser = Parser(prog="finetune", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("predict", help="predict every row of a CSV / JSONL / Parquet file")
@@ -115,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("merge", help="merge the adapter into its base: a plain transformers folder")
     p.add_argument("output", help="the folder to write")
     p.add_argument("--adapter", default=ADAPTER, help=f"the trained adapter folder (default {ADAPTER})")
-    p.add_argument("--into", choices=("original", "dequantized"), default="dequantized",
+    p.add_argument("--into", choices=typing.get_args(MERGE_INTO), default="dequantized",
                    help="merge into the base's original weights or the dequantized 4-bit ones it was trained "
                         "against (default: dequantized, which agreed better in metrics/export.json)")
     p.set_defaults(handler=merge)
@@ -123,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("card", help="write a model card (README.md) into an adapter, merged or GGUF folder")
     p.add_argument("folder", help="a folder holding run.json (models/adapter, a merged folder, models/release/*)")
     p.add_argument("--metrics", default="metrics/eval.json", help="the evaluation to show (skipped if missing)")
-    p.add_argument("--artifact", choices=("adapter", "merged", "gguf"), default="adapter", help="what the folder holds")
+    p.add_argument("--artifact", choices=ARTIFACTS, default="adapter", help="what the folder holds")
     p.set_defaults(handler=card)
 
     p = commands.add_parser("publish", help="push a folder with its model card to the Hugging Face Hub")
@@ -144,8 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    run_with_one_line_errors(lambda: args.handler(args))
+    def command() -> None:
+        args = build_parser().parse_args(argv)
+        args.handler(args)
+
+    run_with_one_line_errors(command)
 
 
 if __name__ == "__main__":

@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
-from typing import Annotated, Literal
+import functools
+from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
-KINDS = ("classification", "generation")
-
-# The allowed values of the closed choices (the modules that act on them keep the same tuples: a test checks).
+# The allowed values of the closed choices: the one place they are declared (typing.get_args lists them).
 FORMATS = Literal["table", "chitchat", "persona_chat", "guanaco"]
 CHAT_TEMPLATES = Literal["auto", "plain"]
 LABEL_METHODS = Literal["label_scoring", "generation"]
 QUANT_TYPES = Literal["nf4", "fp4"]
 MERGE_INTO = Literal["dequantized", "original"]
-GGUF_TYPES = Literal["f32", "f16", "bf16", "q8_0"]
+GGUF_TYPES = Literal["f32", "f16", "bf16", "q8_0"]  # llama.cpp converter's --outtype choices that need no build
 METHODS = Literal["qlora", "lora", "full"]
 LORA_INITS = Literal["default", "gaussian", "pissa", "olora", "loftq"]
 STRATEGIES = Literal["ddp", "fsdp"]
@@ -124,12 +123,26 @@ class GenerationEvaluateParams(Section):
     probes: list[Text]
 
 
-class ClassificationTask(Section):
-    kind: Literal["classification"]
+class CardParams(Section):
+    """What the model cards say of the task: what its data is, an input to try, and what to warn a user of."""
+
+    description: str
+    example: Text
+    limits: list[Text]
+
+
+class TaskEntry(Section):
+    """The parts of an entry of `tasks` that every kind has; a kind adds its `kind`, `prompt` and `evaluate`."""
+
     data: DataParams
     split: SplitParams
-    prompt: LabelPromptParams
     train: TaskTrainParams
+    card: CardParams
+
+
+class ClassificationTask(TaskEntry):
+    kind: Literal["classification"]
+    prompt: LabelPromptParams
     evaluate: LabelEvaluateParams
 
     @model_validator(mode="after")
@@ -140,30 +153,25 @@ class ClassificationTask(Section):
         return self
 
 
-class GenerationTask(Section):
+class GenerationTask(TaskEntry):
     kind: Literal["generation"]
-    data: DataParams
-    split: SplitParams
     prompt: ChatPromptParams
-    train: TaskTrainParams
     evaluate: GenerationEvaluateParams
 
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-    """One entry of `tasks`, the one `task` names: everything that depends on the data."""
+    """One entry of `tasks`, the one `task` names: everything that depends on the data. `kind` names its kind
+    (finetune.kinds), whose own params `prompt` and `evaluate` are."""
 
     name: str
     kind: str
     data: DataParams
     split: SplitParams
-    prompt: LabelPromptParams | ChatPromptParams
+    prompt: Section
     train: TaskTrainParams
-    evaluate: LabelEvaluateParams | GenerationEvaluateParams
-
-    @property
-    def is_generation(self) -> bool:
-        return self.kind == "generation"
+    evaluate: Section
+    card: CardParams
 
 
 class BaseModelParams(Section):
@@ -256,12 +264,19 @@ class ReportParams(Section):
     samples: Count0
 
 
-TaskEntry = Annotated[ClassificationTask | GenerationTask, Field(discriminator="kind")]
-TASK_CLASSES: dict[str, type[Section]] = {"classification": ClassificationTask, "generation": GenerationTask}
+# The entries of `tasks` by kind. A kind added as a module of finetune.kinds registers its own entry here.
+TASK_CLASSES: dict[str, type[TaskEntry]] = {"classification": ClassificationTask, "generation": GenerationTask}
+
+
+def register_task_entry(entry: type[TaskEntry]) -> None:
+    """Let params.yaml hold tasks of the kind `entry` declares (its `kind` field is a one-value Literal)."""
+    kind, = entry.model_fields["kind"].annotation.__args__
+    TASK_CLASSES[kind] = entry
+    params_file.cache_clear()
 
 
 class ParamsFile(Section):
-    """The whole of params.yaml."""
+    """The whole of params.yaml (its `tasks` are typed by `params_file()`, from the registered kinds)."""
 
     task: Text
     tasks: Annotated[dict[Text, TaskEntry], Field(min_length=1)]
@@ -294,11 +309,16 @@ class ParamsFile(Section):
         return self
 
 
+@functools.cache
+def params_file() -> type[ParamsFile]:
+    """ParamsFile whose `tasks` entries are one of the registered kinds', chosen by their `kind`."""
+    entries = tuple(TASK_CLASSES.values())
+    entry = Annotated[Union[entries], Field(discriminator="kind")] if len(entries) > 1 else entries[0]
+    return create_model("ParamsFile", __base__=ParamsFile,
+                        tasks=(Annotated[dict[Text, entry], Field(min_length=1)], ...))
+
+
 SECTIONS: dict[str, type[Section]] = {
     name: field.annotation for name, field in ParamsFile.model_fields.items() if name not in ("task", "tasks")
 }
-# The parts of a task entry, and the model each is read into (prompt and evaluate depend on the kind).
-TASK_PARTS: dict[str, dict[str, type[Section]]] = {
-    part: {kind: cls.model_fields[part].annotation for kind, cls in TASK_CLASSES.items()}
-    for part in ("data", "split", "prompt", "train", "evaluate")
-}
+TASK_PARTS = ("data", "split", "prompt", "train", "evaluate", "card")  # the parts of every entry of `tasks`

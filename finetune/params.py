@@ -14,18 +14,10 @@ from pydantic import BaseModel, ValidationError
 
 from finetune.errors import PipelineError
 from finetune.param_errors import error_line
-from finetune.param_schemas import TASK_CLASSES, ParamsFile, Section, Task
+from finetune import param_schemas
+from finetune.param_schemas import ParamsFile, Section, Task
 
 T = TypeVar("T", bound=BaseModel)
-
-
-def switch(key: str, setting: bool | str, auto) -> bool:
-    """A Switch param's value: true or false as set; `auto()` decides for `auto`."""
-    if setting == "auto":
-        return bool(auto())
-    if isinstance(setting, bool):
-        return setting
-    raise PipelineError(f"params.yaml: {key} is {setting!r}; expected true, false or auto")
 
 
 def load_yaml(path: str | Path = "params.yaml") -> dict[str, Any]:
@@ -43,20 +35,17 @@ def load_yaml(path: str | Path = "params.yaml") -> dict[str, Any]:
 
 def validate(raw: dict, where: str = "params.yaml") -> ParamsFile:
     """Check the whole file: every section, every task entry, every key's type and range."""
+    schema = param_schemas.params_file()
     try:
-        return ParamsFile.model_validate(raw)
+        return schema.model_validate(raw)
     except ValidationError as e:
-        raise PipelineError(error_line(e, where, ParamsFile, TASK_CLASSES)) from None
+        raise PipelineError(error_line(e, where, schema, param_schemas.TASK_CLASSES)) from None
 
 
 def read(name: str, path: str | Path = "params.yaml", raw: dict | None = None) -> Any:
     """Shared section `name` of params.yaml, after the whole file is checked."""
     raw = load_yaml(path) if raw is None else raw
     return getattr(validate(raw, str(path)), name)
-
-
-def task_names(raw: dict) -> list[str]:
-    return list(validate(raw).tasks)
 
 
 def _task(checked: ParamsFile, name: str) -> Task:
@@ -71,12 +60,6 @@ def read_task(path: str | Path = "params.yaml", raw: dict | None = None, name: s
     raw = load_yaml(path) if raw is None else raw
     checked = validate(raw, str(path))
     return _task(checked, checked.task if name is None else name)
-
-
-def read_all(names: list[str] | tuple[str, ...], path: str | Path = "params.yaml") -> dict[str, Any]:
-    """Several shared sections, from one parse and one check of the file."""
-    checked = validate(load_yaml(path), str(path))
-    return {name: getattr(checked, name) for name in names}
 
 
 def read_stage(names: tuple[str, ...], path: str | Path = "params.yaml") -> tuple[Task, dict[str, Any]]:
@@ -107,7 +90,7 @@ def replace(section: T, **changes: Any) -> T:
     try:
         return type(section).model_validate({**section.model_dump(), **changes})
     except ValidationError as e:
-        raise PipelineError(error_line(e, type(section).__name__, type(section), TASK_CLASSES)) from None
+        raise PipelineError(error_line(e, type(section).__name__, type(section), param_schemas.TASK_CLASSES)) from None
 
 
 EVALUATION_BATCH = {"cpu": 64, "cuda": 512}  # `auto`: measured in benchmarks/README.md (label scoring)

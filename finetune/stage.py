@@ -10,7 +10,8 @@ from typing import Callable
 
 
 def run(main: Callable[[], None]) -> None:
-    """Run a stage's `main`; a PipelineError becomes one line on stderr and exit status 1."""
+    """Run a stage's or command's `main`; a PipelineError becomes one line on stderr and exit status 1, Ctrl-C one
+    line and 130 (the shell's status for it)."""
     from finetune.errors import PipelineError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -23,6 +24,9 @@ def run(main: Callable[[], None]) -> None:
         if not _left_for_the_launcher(str(e)):
             print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:  # Ctrl-C: every output is written atomically, so what was under way is gone
+        print("\nerror: interrupted (Ctrl-C); nothing was written", file=sys.stderr)
+        sys.exit(130)
 
 
 ERRORS_ENV = "FINETUNE_RANK_ERRORS"  # set by finetune/train/distributed.py: where a launched process leaves its error

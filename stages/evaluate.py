@@ -5,10 +5,7 @@ With distributed.processes above 1 the processes share the test batches (finetun
 import argparse
 from pathlib import Path
 
-import pandas as pd
-
-from finetune import param_schemas, params
-from finetune.evaluate.evaluation import confusion_rows, evaluate_classification, evaluate_generation, headline
+from finetune import kinds, param_schemas, params
 from finetune.files import read_jsonl, write_csv, write_json
 from finetune.model import base_model, methods
 from finetune.stage import run
@@ -38,23 +35,20 @@ def main() -> None:
     model_p, quant = p["base_model"], p["quantization"]
     batch_size = params.evaluation_batch_size(p["evaluate"].batch_size, on_gpu=base_model.device().type == "cuda")
 
-    test = read_jsonl(Path(args.split_dir) / "test.jsonl")
+    kind = kinds.of(task)
+    train, test = (read_jsonl(Path(args.split_dir) / f"{name}.jsonl") for name in ("train", "test"))
     tokenizer = base_model.load_tokenizer(model_p.name, model_p.revision)
     base = lambda: methods.load_base(model_p.name, model_p.revision, p["train.method"], quant)  # noqa: E731
-    if task.is_generation:
-        results, details, predictions = evaluate_generation(args.adapter_dir, base, tokenizer, test, task, batch_size)
-    else:
-        train = pd.DataFrame(read_jsonl(Path(args.split_dir) / "train.jsonl"))
-        results, details, predictions = evaluate_classification(args.adapter_dir, base, tokenizer, train, pd.DataFrame(test), task,
-                                                                batch_size, p["baseline"], p["evaluate"].memory_gib)
+    results, details, predictions = kind.evaluate(args.adapter_dir, base, tokenizer, train, test, task, batch_size,
+                                                  p["evaluate"], p["baseline"])
 
     if not distributed.is_main():
         return
-    summary = headline(results, task.kind)
+    summary = {name: {key: metrics[key] for key, _ in kind.metrics} for name, metrics in results.items()}
     write_json(args.metrics, summary)
     write_json(args.details, details)
     write_csv(args.predictions, predictions)
-    write_csv(args.confusion, confusion_rows(predictions, task.kind))
+    write_csv(args.confusion, kind.confusion_rows(predictions))
     print("evaluate: " + "; ".join(f"{name} " + ", ".join(f"{k} {v}" for k, v in m.items()) for name, m in summary.items()))
 
 

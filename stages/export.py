@@ -10,7 +10,7 @@ from finetune.stage import run
 PARAMS = ("evaluate", "export")
 OFF = ("The export stage is off (`export.enabled: false` in params.yaml). Run `dvc exp run -S export.enabled=true`\n"
        "(or set it in params.yaml and `dvc repro`) to write adapter/, merged/ and gguf/ here, with their model cards.\n")
-TASK_PARTS = ("evaluate",)
+TASK_PARTS = ("evaluate", "card")
 
 
 def main() -> None:

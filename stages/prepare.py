@@ -7,9 +7,7 @@ import argparse
 
 import pandas as pd
 
-from finetune import params
-from finetune.data.dialogues import build_dialogues
-from finetune.data.examples import build_examples, class_counts
+from finetune import kinds, params
 from finetune.data.sources import load_source
 from finetune.files import write_csv, write_json, write_jsonl
 from finetune.stage import run
@@ -27,13 +25,10 @@ def main() -> None:
     task, _ = params.read_stage(PARAMS)
     data = task.data
 
+    kind = kinds.of(task)
     table, origin = load_source(data.source, data.encoding)
-    if task.is_generation:
-        examples, summary = build_dialogues(table, origin, data.format, data.input_field, data.target_field,
-                                            data.drop_labels, data.turns)
-    else:
-        examples, summary = build_examples(table, origin, data.input_field, data.target_field, data.drop_labels)
-    counts = {} if task.is_generation else class_counts(examples)
+    examples, summary = kind.examples(table, origin, data)
+    counts = kind.class_counts(examples)
     write_jsonl(args.examples, examples.to_dict("records"))
     write_json(args.counts, summary)
     write_csv(args.class_counts, pd.DataFrame({"label": list(counts), "examples": list(counts.values())}))

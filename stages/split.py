@@ -4,8 +4,8 @@ import argparse
 
 import pandas as pd
 
-from finetune import params
-from finetune.data.splits import SPLITS, split_conversations, split_examples, train_only_classes
+from finetune import kinds, params
+from finetune.data.splits import SPLITS
 from finetune.files import atomic_path, read_jsonl, write_json, write_jsonl
 from finetune.stage import run
 
@@ -25,19 +25,15 @@ def main() -> None:
     examples = pd.DataFrame(read_jsonl(args.examples))
     caps = {name: params.size_limit(getattr(split, f"max_{name}"))
             for name in SPLITS}
-    divide = split_conversations if task.is_generation else split_examples
-    splits = divide(examples, split.validation_fraction, split.test_fraction, caps, split.seed)
-    sizes = {name: len(frame) for name, frame in splits.items()}
-    train_only = {} if task.is_generation else train_only_classes(examples, split.validation_fraction)
-    if train_only:  # only then, so a split without such classes writes the same sizes file as before
-        sizes["train_only_classes"] = train_only
+    splits, extra = kinds.of(task).split(examples, split, caps)
+    sizes = {**{name: len(frame) for name, frame in splits.items()}, **extra}
     with atomic_path(args.out_dir) as out_dir:
         out_dir.mkdir()
         for name, frame in splits.items():
             write_jsonl(out_dir / f"{name}.jsonl", frame.to_dict("records"))
     write_json(args.sizes, sizes)
     print("split: " + ", ".join(f"{len(frame)} {name}" for name, frame in splits.items())
-          + (f" ({len(train_only)} classes in train only)" if train_only else ""))
+          + "".join(f" ({len(v)} {k.replace('_', ' ')})" for k, v in extra.items()))
 
 
 if __name__ == "__main__":

@@ -8,17 +8,15 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from dvclive import Live
-from transformers.integrations import DVCLiveCallback
-
-from finetune import params, provenance
+from finetune import kinds, params, provenance
 from finetune.errors import PipelineError
 from finetune.files import copy_tree, read_jsonl, write_json
 from finetune.model import base_model, methods
 from finetune.stage import run
 from finetune.train import distributed
 from finetune.train.checkpoints import CheckpointCallback, Checkpoints, run_identity
-from finetune.train.training import encode_split, save_trained, train_model
+from finetune.train.curves import curves
+from finetune.train.training import save_trained, train_model
 
 PARAMS = ("base_model", "quantization", "lora", "train", "distributed")
 TASK_PARTS = ("data", "prompt", "train")  # data: run.json records the input field predict reads
@@ -32,6 +30,8 @@ def main() -> None:
     parser.add_argument("metrics", help="output: training metrics JSON")
     parser.add_argument("live_dir", help="output: DVCLive training curves")
     parser.add_argument("checkpoint_dir", help="work folder: checkpoints of an unfinished run (not a DVC output)")
+    parser.add_argument("timings", help="this run's wall time, speed and peak memory (JSON; not a DVC output: the same "
+                                        "training gives the same outputs, whatever the clock said)")
     args = parser.parse_args()
     task, p = params.read_stage(PARAMS)
     if distributed.relaunch(p["distributed"]):
@@ -42,10 +42,11 @@ def main() -> None:
     tokenizer = base_model.load_tokenizer(model_p.name, model_p.revision)
     split_files = [Path(args.split_dir) / f"{name}.jsonl" for name in ("train", "validation")]
     splits = {name: read_jsonl(path) for name, path in zip(("train", "validation"), split_files)}
-    encoded = {name: encode_split(tokenizer, rows, task) for name, rows in splits.items()}
+    kind = kinds.of(task)
+    encoded = {name: kind.encode(tokenizer, rows, task) for name, rows in splits.items()}
     run_info = {
         "task": {"name": task.name, **params.task_as_dict(task, TASK_PARTS)},
-        "labels": None if task.is_generation else sorted({row["label"] for row in splits["train"]}),
+        "labels": kind.labels(splits["train"]),
         "params": {name: params.as_dict(section) for name, section in p.items()},
         "base_model": base_model.identity(model_p.name, model_p.revision),
         "data_sha256": provenance.data_hash(*split_files),
@@ -62,10 +63,9 @@ def main() -> None:
     sharded = p["distributed"].strategy == "fsdp" and distributed.world_size() > 1
     model = methods.load_base(model_p.name, model_p.revision, train_p.method, quant, dense=False,  # dense-copied later
                               sharded=sharded)
-    live = lambda: DVCLiveCallback(live=Live(str(checkpoints.live_dir), dvcyaml=False, save_dvc_exp=False,  # noqa: E731
-                                             resume=resume is not None))  # made once the run starts
+    live = lambda: curves(checkpoints.live_dir, resume=resume is not None)  # noqa: E731 (made once the run starts)
     try:
-        trained, result = train_model(model, tokenizer, encoded["train"], encoded["validation"], task.train, train_p,
+        trained, result, timings = train_model(model, tokenizer, encoded["train"], encoded["validation"], task.train, train_p,
                                       p["lora"], checkpoints.folder, callbacks=[live] if distributed.is_main() else [],
                                       saving=saving, resume_from=resume, base_folder=model_p.name)
     except PipelineError:
@@ -78,8 +78,9 @@ def main() -> None:
     save_trained(trained, tokenizer, args.adapter_dir, {**run_info, "result": dataclasses.asdict(result)})
     copy_tree(checkpoints.live_dir, args.live_dir)
     write_json(args.metrics, dataclasses.asdict(result))
+    write_json(args.timings, dataclasses.asdict(timings))
     checkpoints.finish(keep_last=train_p.keep_checkpoint)
-    print(f"train_qlora: loss {result.final_loss}, {result.tokens_per_s} tokens/s, {result.runtime_s} s")
+    print(f"train_qlora: loss {result.final_loss}, {timings.tokens_per_s} tokens/s, {timings.runtime_s} s")
 
 
 if __name__ == "__main__":

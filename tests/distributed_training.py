@@ -56,7 +56,7 @@ def train(out: Path, method: str, batch: int, accumulation: int) -> None:
                              gradient_accumulation=accumulation, checkpoint_minutes=0)
     model = methods.load_base(str(base), "main", method, params.read("quantization", ROOT / "params.yaml"), dense=False)
     curve = LossCurve()
-    trained, result = train_model(model, tokenizer, examples(len(tokenizer)), [], task_train, train_p,
+    trained, result, _ = train_model(model, tokenizer, examples(len(tokenizer)), [], task_train, train_p,
                                   params.read("lora", ROOT / "params.yaml"), out / "work", callbacks=[curve])
     if distributed.is_main():
         weights = {k: v.detach().float().cpu() for k, v in trained.model.named_parameters() if v.requires_grad}

@@ -93,9 +93,10 @@ def run_stage(name: str, capsys) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-def files(folder: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+def files(folder: Path) -> dict[str, tuple[int, int] | str]:
+    """Every file (size, time written) and folder under `folder`: an empty folder left behind counts too."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else "folder"
+            for p in folder.rglob("*") if "__pycache__" not in p.parts}
 
 
 @pytest.fixture(scope="module")

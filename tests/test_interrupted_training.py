@@ -63,6 +63,18 @@ def killed(proc: subprocess.Popen, sig: signal.Signals) -> str:
     return proc.stdout.read()
 
 
+def outputs(repo: Path) -> dict[str, bytes]:
+    """Every file train_qlora writes as a DVC output."""
+    return {str(p.relative_to(repo)): p.read_bytes() for folder in ("models/adapter", "metrics/train_live")
+            for p in sorted((repo / folder).rglob("*")) if p.is_file()} | {
+        "metrics/train.json": (repo / "metrics/train.json").read_bytes()}
+
+
+def timings(repo: Path) -> dict:
+    """What train_qlora noted of its last run beside the results: wall time, speed, the step it resumed from."""
+    return json.loads((repo / "metrics/timings/train_qlora.json").read_text())
+
+
 def loss_curve(repo: Path) -> list[str]:
     """The DVCLive loss curve, a `step<TAB>loss` line per point."""
     lines = (repo / "metrics/train_live/plots/metrics/loss.tsv").read_text().splitlines()
@@ -70,11 +82,11 @@ def loss_curve(repo: Path) -> list[str]:
     return lines
 
 
-def test_a_training_killed_twice_resumes_from_its_checkpoints_to_the_weights_of_an_uninterrupted_run(
+def test_a_training_killed_twice_resumes_from_its_checkpoints_to_the_outputs_of_an_uninterrupted_run(
         tiny_pipeline, tmp_path):
     """SIGKILL (power loss), then SIGTERM (a pre-emption notice) during the resumed train_qlora: each next `dvc repro`
-    resumes from the last checkpoint, and the adapter's weights and the loss curve are those of a run never
-    interrupted (which is also a second run of the same params, in other processes)."""
+    resumes from the last checkpoint, and every output (the adapter, run.json, the curves, train.json) is that of a
+    run never interrupted, byte for byte (which is also a second run of the same params, in other processes)."""
     repo = clone(tiny_pipeline, tmp_path / "long", LONG)
     first = start_repro(repo, "train_qlora")
     step = wait_for_checkpoint(repo, first)
@@ -90,13 +102,14 @@ def test_a_training_killed_twice_resumes_from_its_checkpoints_to_the_weights_of_
     resumed = dvc(repo, "repro", "train_qlora")
     assert redone_stages(resumed) == {"train_qlora"}
     assert f"train_qlora: resuming from step {stopped[1]} " in resumed
-    train = json.loads((repo / "metrics/train.json").read_text())
-    assert train["resumed_from_step"] == int(stopped[1]) and train["steps"] == 30
+    assert json.loads((repo / "metrics/train.json").read_text())["steps"] == 30
+    assert timings(repo)["resumed_from_step"] == int(stopped[1])
     assert not (repo / "models/checkpoints").exists()  # finished: its checkpoints removed
-    adapter = repo / "models/adapter/adapter_model.safetensors"
-    after_kills, curve = adapter.read_bytes(), loss_curve(repo)
+    after_kills, curve, lock = outputs(repo), loss_curve(repo), (repo / "dvc.lock").read_text()
 
     whole = dvc(repo, "repro", "--force", "--single-item", "train_qlora")
-    assert "resuming" not in whole and json.loads((repo / "metrics/train.json").read_text())["resumed_from_step"] is None
-    assert adapter.read_bytes() == after_kills  # so evaluate's inputs are the same (its outputs: the next test)
-    assert loss_curve(repo) == curve
+    assert "resuming" not in whole and timings(repo)["resumed_from_step"] is None
+    # byte for byte: the adapter with its run.json, the curves, train.json; so DVC sees the same outputs (and
+    # evaluate's inputs are the same: that evaluate gives the same bytes in other processes, test_two_processes.py)
+    assert outputs(repo) == after_kills and loss_curve(repo) == curve
+    assert (repo / "dvc.lock").read_text() == lock

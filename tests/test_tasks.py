@@ -73,7 +73,7 @@ def test_each_format_runs_prepare_split_train_evaluate(task, tmp_path, monkeypat
     run_stage(prepare, monkeypatch, "data/examples.jsonl", "metrics/data.json", "metrics/class_counts.csv")
     run_stage(split, monkeypatch, "data/examples.jsonl", "data/split", "metrics/split.json")
     run_stage(train_qlora, monkeypatch, "data/split", "models/adapter", "metrics/train.json", "metrics/live",
-              "models/checkpoints")
+              "models/checkpoints", "metrics/timings/train_qlora.json")
     run_stage(evaluate, monkeypatch, "data/split", "models/adapter", "metrics/eval.json", "metrics/details.json",
               "metrics/predictions.csv", "metrics/confusion.csv")
 

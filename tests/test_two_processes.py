@@ -79,7 +79,8 @@ def test_an_error_on_one_process_ends_them_all_with_one_line(two_process_repo):
     before = (repo / "models/adapter/adapter_model.safetensors").read_bytes()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}  # the module comes from this checkout, the stage from the repo
     proc = subprocess.run([sys.executable, "-m", "tests.fail_on_rank", "data/split", "models/adapter",
-                           "metrics/train.json", "metrics/train_live", "models/checkpoints"],
+                           "metrics/train.json", "metrics/train_live", "models/checkpoints",
+                           "metrics/timings/train_qlora.json"],
                           cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == "error: rank 1 cannot train (process 1 of 2)"

@@ -138,12 +138,14 @@ def build(repo: Path, tiny_model: Path, cache: Path, overrides: dict) -> Path:
 @dataclass(frozen=True)
 class Built:
     """The tiny pipeline after its first `dvc repro`, committed: `first_repro` is what that command printed, `seeded`
-    how many run-cache entries of the base model the shared cache started with."""
+    how many run-cache entries of the base model the shared cache started with, `imports` the finetune modules each
+    stage ran (tests/import_tracer)."""
 
     path: Path
     cache: Path
     first_repro: str
     seeded: int
+    imports: Path
 
 
 def build_once(folder: Path, tiny_model: Path) -> Built:
@@ -151,16 +153,18 @@ def build_once(folder: Path, tiny_model: Path) -> Built:
     record = folder / "built.json"
     if record.is_file():
         saved = json.loads(record.read_text())
-        return Built(path=Path(saved["path"]), cache=Path(saved["cache"]), first_repro=saved["first_repro"],
-                     seeded=saved["seeded"])
-    cache = folder / "dvc-cache"
+        return Built(**{**saved, "path": Path(saved["path"]), "cache": Path(saved["cache"]),
+                        "imports": Path(saved["imports"])})
+    cache, imports = folder / "dvc-cache", folder / "imports"
+    imports.mkdir(parents=True)
     seeded = seed_cache(cache)
     repo = build(folder / "repo", tiny_model, cache, TINY)
-    first = dvc(repo, "repro")
+    first = dvc(repo, "repro", env={"PYTHONPATH": str(ROOT / "tests/import_tracer"), "IMPORT_TRACE_DIR": str(imports)})
     dvc(repo, "git", "add", "-A")
     dvc(repo, "git", "commit", "-qm", "first run")
-    built = Built(path=repo, cache=cache, first_repro=first, seeded=seeded)
-    record.write_text(json.dumps({"path": str(repo), "cache": str(cache), "first_repro": first, "seeded": seeded}))
+    built = Built(path=repo, cache=cache, first_repro=first, seeded=seeded, imports=imports)
+    record.write_text(json.dumps({"path": str(repo), "cache": str(cache), "first_repro": first, "seeded": seeded,
+                                  "imports": str(imports)}))
     return built
 
 

@@ -10,7 +10,6 @@ import pandas as pd
 from finetune.data.examples import normalise_text, require_column
 from finetune.errors import PipelineError
 
-FORMATS = ("table", "chitchat", "persona_chat", "guanaco")
 GUANACO_TURN = re.compile(r"###\s*(Human|Assistant)\s*:", re.IGNORECASE)
 PERSONA_FIELDS = ("personality", "persona")
 LINE_BREAKS = re.compile(r"\r\n?|[\u2028\u2029]")  # Windows and old Mac line endings, Unicode line/paragraph separators
@@ -164,16 +163,11 @@ def build_dialogues(table: pd.DataFrame, origin: str, fmt: str, input_field: str
     n_rows = len(table)
     if fmt == "chitchat":  # a one-turn conversation has nothing to answer
         table = table[table["turns"].map(lambda turns: sum(bool(clean_message(t)) for t in turns) >= 2)]
-    if fmt == "table":
-        rows = from_table(table, origin, input_field, target_field)
-    elif fmt == "chitchat":
-        rows = from_chitchat(table, origin, keep)
-    elif fmt == "persona_chat":
-        rows = from_persona_chat(table, origin, input_field, target_field, keep)
-    elif fmt == "guanaco":
-        rows = from_guanaco(table, origin, input_field, keep)
-    else:
-        raise PipelineError(f"params.yaml: data.format is '{fmt}'; use one of {', '.join(FORMATS)}")
+    readers = {"table": lambda: from_table(table, origin, input_field, target_field),
+               "chitchat": lambda: from_chitchat(table, origin, keep),
+               "persona_chat": lambda: from_persona_chat(table, origin, input_field, target_field, keep),
+               "guanaco": lambda: from_guanaco(table, origin, input_field, keep)}  # param_schemas.FORMATS
+    rows = readers[fmt]()
     ids = table["id"].astype(str).tolist() if "id" in table.columns else [str(i) for i in range(1, len(table) + 1)]
     examples = pd.DataFrame({
         "id": ids,

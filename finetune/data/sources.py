@@ -16,7 +16,6 @@ from finetune.errors import PipelineError
 INSTACART = "instacart"
 CHITCHAT = "chitchat"
 HUB_PREFIX = "hub:"
-INSTACART_FIELDS = ("product", "department", "aisle")
 CHITCHAT_FILE = ".json"  # a file in the chitchat-dataset package's layout (tables are .csv/.tsv/.jsonl/.parquet)
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".parquet")
 CSV_DELIMITERS = ",;\t|"  # what the delimiter of a .csv may be (a .tsv is always tab-separated)

@@ -13,7 +13,6 @@ import math
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
 from finetune.data.examples import normalise_text
 from finetune.errors import PipelineError
@@ -38,6 +37,8 @@ def _take(df: pd.DataFrame, size: float | int, seed: int) -> tuple[pd.DataFrame,
     n_classes = df["label"].nunique()
     n_taken = size if isinstance(size, int) else int(round(size * len(df)))
     strata = _strata(df["label"]) if min(n_taken, len(df) - n_taken) >= n_classes else None
+    from sklearn.model_selection import train_test_split  # here: scikit-learn takes a second to import
+
     rest, taken = train_test_split(df, test_size=size, random_state=seed, stratify=strata)
     return taken, rest
 

@@ -45,9 +45,9 @@ def reply(run: TrainedRun, model, tokenizer, history: list[dict], max_new_tokens
 def chat_loop(run: TrainedRun, model, tokenizer, max_new_tokens: int = 256, no_repeat_ngram_size: int = 4,
               read: Callable[[str], str] = input, output: TextIO = sys.stdout) -> list[dict]:
     """Read a line, answer it, until /exit or end of input; returns the conversation."""
-    if not run.is_generation:
-        raise PipelineError(f"{run.folder} was trained to classify ({run.info['task']['name']}); "
-                            "use `finetune predict` for labels, or chat with a generation task's adapter")
+    if not run.kind.can_chat:
+        raise PipelineError(f"{run.folder} was trained for a {run.kind.name} task ({run.info['task']['name']}), not "
+                            "to chat; use `finetune predict` with it, or chat with a generation task's adapter")
     output.write(f"chatting with {run.folder} ({run.info['task']['name']}); {HELP}\n")
     history: list[dict] = []
     while True:

@@ -9,49 +9,38 @@ from __future__ import annotations
 
 import shutil
 import time
+import typing
 from pathlib import Path
 
 import numpy as np
-
 import pandas as pd
 
 from finetune.deliver import card, gguf
-from finetune.deliver.merge import MERGE_INTO, merged_model, merged_run_info, save_merged
-from finetune.deliver.predict import answer_conversations, classify_texts
-from finetune.deliver.trained import TrainedRun, read_run
-from finetune.evaluate.metrics import classification_metrics, generation_metrics
+from finetune.deliver.merge import merged_model, merged_run_info, save_merged
+from finetune.deliver.trained import TrainedRun, check_base_present, check_weights, read_run
 from finetune.files import atomic_path, read_json, read_jsonl
 from finetune.model import base_model
-from finetune.param_schemas import ExportParams, Task
+from finetune.param_schemas import MERGE_INTO, ExportParams, Task
 
 
 def merge_figures(run: TrainedRun, model, tokenizer, test: list[dict], adapter_answers: list[str], batch_size: int,
-                  memory_gib: float, generation: dict, name: str) -> dict:
-    """How a merged model's test predictions compare with the adapter's, and how good they are."""
+                  memory_gib: float, task: Task, name: str) -> dict:
+    """How a merged model's test answers compare with the adapter's, and how good they are (by the task's kind)."""
     start = time.perf_counter()
-    if run.is_generation:
-        answers = answer_conversations(run, model, tokenizer, [row["messages"][:-1] for row in test], batch_size,
-                                       desc=f"merged into {name}: generating", **generation)
-        references = [row["messages"][-1]["content"] for row in test]
-        quality = {k: v for k, v in generation_metrics(answers, references).items() if k in ("bleu", "rouge_l")}
-    else:
-        answers = classify_texts(run, model, tokenizer, [row["text"] for row in test], batch_size, memory_gib,
-                                 desc=f"merged into {name}: scoring")
-        metrics = classification_metrics([row["label"] for row in test], answers, run.labels)
-        quality = {k: metrics[k] for k in ("accuracy", "macro_f1", "weighted_f1")}
+    answers, quality = run.kind.test_answers(run, model, tokenizer, test, batch_size, memory_gib, task)
     agreement = float(np.mean([a == b for a, b in zip(answers, adapter_answers)]))
-    return {"agreement_with_adapter": round(agreement, 4), **quality, "rows": len(test),
-            "seconds": round(time.perf_counter() - start, 1)}
+    print(f"export: merged into {name}: {len(test)} test rows answered in {time.perf_counter() - start:.1f} s")
+    return {"agreement_with_adapter": round(agreement, 4), **quality, "rows": len(test)}
 
 
 def compare_merges(run: TrainedRun, tokenizer, test: list[dict], adapter_answers: list[str], keep: str,
-                   batch_size: int, memory_gib: float, generation: dict) -> tuple[dict, object]:
+                   batch_size: int, memory_gib: float, task: Task) -> tuple[dict, object]:
     """Both merges measured; returns their figures and the merged model named by `keep`."""
     figures, kept = {}, None
-    for into in MERGE_INTO:
+    for into in typing.get_args(MERGE_INTO):
         model = merged_model(run, into)
-        figures[into] = merge_figures(run, model, tokenizer, test, adapter_answers, batch_size, memory_gib,
-                                      generation, into)
+        figures[into] = merge_figures(run, model, tokenizer, test, adapter_answers, batch_size, memory_gib, task,
+                                      into)
         if into == keep:
             kept = model
         else:
@@ -60,12 +49,11 @@ def compare_merges(run: TrainedRun, tokenizer, test: list[dict], adapter_answers
 
 
 def check_whole_model(run: TrainedRun, tokenizer, test: list[dict], answers: list[str], batch_size: int,
-                      memory_gib: float, generation: dict) -> tuple[dict, object]:
+                      memory_gib: float, task: Task) -> tuple[dict, object]:
     """Full fine-tuning: the trained folder is the merged model already; it is checked against evaluate the same way."""
     model = base_model.load_model(str(run.folder), "main").eval()
     model.config.use_cache = True
-    return {"none": merge_figures(run, model, tokenizer, test, answers, batch_size, memory_gib, generation,
-                                  "none")}, model
+    return {"none": merge_figures(run, model, tokenizer, test, answers, batch_size, memory_gib, task, "none")}, model
 
 
 def copy_adapter(adapter: Path, dest: Path) -> None:
@@ -89,18 +77,18 @@ def release(split_dir: Path, adapter_dir: Path, metrics_dir: Path, release_dir: 
     """Write `release_dir`: the adapter, the merged model and its GGUF files, each with its card; returns the figures
     of every check (metrics/export.json)."""
     trained = read_run(adapter_dir)
+    check_weights(trained)
+    check_base_present(trained)
     test = read_jsonl(split_dir / "test.jsonl")
     predictions = pd.read_csv(metrics_dir / "predictions.csv", keep_default_na=False)
     evaluation = read_json(metrics_dir / "eval.json")
     tokenizer = base_model.load_tokenizer(str(trained.folder), "main")
-    generation = ({"max_new_tokens": task.evaluate.max_new_tokens,
-                   "no_repeat_ngram_size": task.evaluate.no_repeat_ngram_size} if task.is_generation else {})
     answers = predictions["finetuned"].astype(str).tolist()
     if trained.is_whole_model:  # full fine-tuning: nothing to merge
-        merges, model = check_whole_model(trained, tokenizer, test, answers, batch_size, memory_gib, generation)
+        merges, model = check_whole_model(trained, tokenizer, test, answers, batch_size, memory_gib, task)
     else:
         merges, model = compare_merges(trained, tokenizer, test, answers, export.merge_into, batch_size, memory_gib,
-                                       generation)
+                                       task)
     merged_into = "none" if trained.is_whole_model else export.merge_into
     figures = {"enabled": True, "merge": merges, "merged_into": merged_into}
 
@@ -113,5 +101,6 @@ def release(split_dir: Path, adapter_dir: Path, metrics_dir: Path, release_dir: 
         cards = {**({} if trained.is_whole_model else {"adapter": trained.info}), "merged": merged_info,
                  **({"gguf": merged_info} if figures["gguf"] else {})}
         for artifact, info in cards.items():
-            card.write_card(release / artifact, card.model_card(info, evaluation, artifact, extra=figures))
+            card.write_card(release / artifact, card.model_card(info, evaluation, artifact, about=task.card,
+                                                                extra=figures))
     return figures

@@ -20,7 +20,6 @@ LLAMA_CPP_PYTHON_VERSION = "0.3.36"  # the converter is the one vendored in this
 SDIST_ENV = "LLAMA_CPP_PYTHON_SDIST"  # overrides where the sdist is looked for
 # `make setup` downloads it into the virtual environment (sys.prefix), wherever the project is run from
 DEFAULT_SDIST = Path(sys.prefix) / "share/llama-cpp-python" / f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}.tar.gz"
-OUTTYPES = ("f32", "f16", "bf16", "q8_0")  # the converter's own --outtype choices that need no llama.cpp build
 
 # What convert_hf_to_gguf.py reads besides itself: its model classes, the gguf package they were written
 # against (the converter puts gguf-py first on sys.path), and the chat templates some classes embed.
@@ -76,9 +75,6 @@ def convert(model_dir: str | Path, out_dir: str | Path, types: tuple[str, ...] =
             sdist: str | Path | None = None) -> dict[str, Path]:
     """One GGUF file per type (`out_dir/model-<type>.gguf`) of a plain transformers model folder."""
     model_dir = Path(model_dir)
-    unknown = [t for t in types if t not in OUTTYPES]
-    if unknown:
-        raise PipelineError(f"unknown GGUF type(s) {unknown}: choose from {list(OUTTYPES)}")
     if not (model_dir / "config.json").is_file():
         raise PipelineError(f"{model_dir} has no config.json: give the merged model's folder")
     script = converter_script(sdist)

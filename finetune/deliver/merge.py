@@ -15,15 +15,10 @@ from finetune.errors import PipelineError
 from finetune.files import atomic_path, write_json
 from finetune.model import base_model
 
-MERGE_INTO = ("original", "dequantized")
-
-
 def merged_model(run: TrainedRun, into: str):
     """The base model (`original` or `dequantized` 4-bit weights) with the adapter's update added into its weights."""
     from peft import PeftModel
 
-    if into not in MERGE_INTO:
-        raise PipelineError(f"merge into '{into}': use one of {', '.join(MERGE_INTO)}")
     if run.is_whole_model:
         raise PipelineError(f"{run.folder} is a whole model (full fine-tuning's, or merged already), not an adapter: "
                             "there is nothing to merge; load, predict with or convert it as it is")

@@ -1,8 +1,8 @@
 """Predict with a trained adapter over a CSV, JSONL or Parquet file, streamed in chunks, in constant memory.
 
-Classification: each row's label by label scoring (as evaluate does it), its probability (softmax over
-the allowed labels' log-likelihoods) and the top-k. Generation: each row's answer, batched. A row that
-is empty or cannot be read gets a status and no prediction; it does not end the run.
+What a row gets is its kind's (finetune.kinds): a classification adapter's label by label scoring (as evaluate
+does it), its probability (softmax over the allowed labels' log-likelihoods) and the top-k; a generation adapter's
+answer. A row that is empty or cannot be read gets a status and no prediction; it does not end the run.
 """
 
 from __future__ import annotations
@@ -13,16 +13,11 @@ import math
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from finetune.deliver.trained import TrainedRun
 from finetune.errors import PipelineError
-from finetune.evaluate import scoring
-from finetune.evaluate.generation import generate
 from finetune.files import atomic_path
-from finetune.text.chat import conversation_prompt_ids
-from finetune.text.prompts import render_prompt
 
 FORMATS = (".csv", ".jsonl", ".parquet")
 OK, EMPTY, UNREADABLE = "ok", "empty", "unreadable"
@@ -46,9 +41,13 @@ def columns(path: Path) -> list[str]:
     if suffix == ".csv":
         return _csv_header(path)
     if suffix == ".parquet":
+        import pyarrow
         import pyarrow.parquet as pq
 
-        return pq.ParquetFile(path).schema_arrow.names
+        try:
+            return pq.ParquetFile(path).schema_arrow.names
+        except pyarrow.ArrowException as e:
+            raise PipelineError(f"input {path}: cannot read it as Parquet ({str(e).splitlines()[0]})") from None
     with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             try:
@@ -174,43 +173,17 @@ class _Writer:
             self.file.close()
 
 
-def _classify(run: TrainedRun, model, tokenizer, texts: list[str], options: dict, on_batch) -> list[dict]:
-    labels, k = run.labels, min(options["top_k"], len(run.labels))
-    prompts = [render_prompt(run.prompt.template, t) for t in texts]
-    scores = scoring.label_scores(model, tokenizer, prompts, labels, run.prompt.answer_prefix, options["batch_size"],
-                                  memory_gib=options["memory_gib"], on_batch=on_batch)
-    probabilities = scoring.label_probabilities(scores)
-    best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return [{"label": labels[row[0]], "probability": round(float(p[row[0]]), 6),
-             "top_k": [{"label": labels[j], "probability": round(float(p[j]), 6)} for j in row]}
-            for row, p in zip(best, probabilities)]
-
-
-def classify_texts(run: TrainedRun, model, tokenizer, texts: list[str], batch_size: int, memory_gib: float,
-                   desc: str = "scoring") -> list[str]:
-    """The top label for each text, by label scoring with the prompt and labels the adapter was trained with."""
-    prompts = [render_prompt(run.prompt.template, t) for t in texts]
-    scores = scoring.label_scores(model, tokenizer, prompts, run.labels, run.prompt.answer_prefix, batch_size,
-                                  desc=desc, memory_gib=memory_gib)
-    return scoring.predict_by_scoring(scores, run.labels)
-
-
-def answer_conversations(run: TrainedRun, model, tokenizer, conversations: list[list[dict]], batch_size: int,
-                         max_new_tokens: int, no_repeat_ngram_size: int, desc: str = "generating",
-                         on_batch=None) -> list[str]:
-    """Greedy answers to conversations that end with a user turn, formatted as in training."""
-    prompt = run.prompt
-    ids = [conversation_prompt_ids(tokenizer, c, prompt.system, prompt.chat_template, run.max_length)
-           for c in conversations]
-    return generate(model, tokenizer, ids, batch_size, max_new_tokens, desc=desc,
-                    no_repeat_ngram_size=no_repeat_ngram_size, on_batch=on_batch)
-
-
-def _answer(run: TrainedRun, model, tokenizer, texts: list[str], options: dict, on_batch) -> list[dict]:
-    answers = answer_conversations(run, model, tokenizer, [[{"role": "user", "content": t}] for t in texts],
-                                   options["batch_size"], options["max_new_tokens"], options["no_repeat_ngram_size"],
-                                   on_batch=on_batch)
-    return [{"answer": a} for a in answers]
+def check_files(run: TrainedRun, source: Path, dest: Path, column: str | None) -> str:
+    """Refuse what would fail or harm before any model is loaded: a missing or unknown input, an output that is a
+    folder or the input itself, an input without the column; returns the column to read."""
+    if not source.is_file():
+        raise PipelineError(f"input {source}: no such file")
+    _format(dest, "output")
+    if dest.is_dir():
+        raise PipelineError(f"output {dest} is a folder; name a file (.csv, .jsonl or .parquet)")
+    if dest.resolve() == source.resolve():
+        raise PipelineError(f"output {dest} is the input file; name another, so the input is kept")
+    return choose_column(source, column, run)
 
 
 def predict_file(run: TrainedRun, model, tokenizer, source: str | Path, dest: str | Path, column: str | None = None,
@@ -221,12 +194,10 @@ def predict_file(run: TrainedRun, model, tokenizer, source: str | Path, dest: st
     (generation). Rows are read, predicted and written `chunk_rows` at a time.
     """
     source, dest = Path(source), Path(dest)
-    if not source.is_file():
-        raise PipelineError(f"input {source}: no such file")
+    name = check_files(run, source, dest, column)
     out_suffix = _format(dest, "output")
-    name = choose_column(source, column, run)
-    fields = ["row", name, "status", *(["answer"] if run.is_generation else ["label", "probability", "top_k"])]
-    predict = _answer if run.is_generation else _classify
+    kind = run.kind
+    fields = ["row", name, "status", *kind.predict_fields]
     counts = {OK: 0, EMPTY: 0, UNREADABLE: 0}
     bar = tqdm(total=count_rows(source), desc=f"predicting {source.name}", unit="row")
     with atomic_path(dest) as tmp:
@@ -235,7 +206,8 @@ def predict_file(run: TrainedRun, model, tokenizer, source: str | Path, dest: st
             done = 0
             for chunk in _chunks(read_rows(source, name), chunk_rows):
                 ok = [i for i, (_, status) in enumerate(chunk) if status == OK]
-                predicted = dict(zip(ok, predict(run, model, tokenizer, [chunk[i][0] for i in ok], options, bar.update)))
+                texts = [chunk[i][0] for i in ok]
+                predicted = dict(zip(ok, kind.predict(run, model, tokenizer, texts, options, bar.update) if ok else []))
                 rows = []
                 for i, (text, status) in enumerate(chunk):
                     counts[status] += 1

@@ -12,8 +12,8 @@ import torch
 from finetune.errors import PipelineError
 from finetune.files import sha256_of
 from finetune.model.embedded import EMBEDDED_DIR
+from finetune.model.folders import is_local
 
-LOCAL_PREFIXES = ("models/", "./", "../", "/", "~")
 CPU_DENSE_LIMIT_GIB = 4.0  # dequantize a 4-bit model once on CPU when its dense fp32 weights fit in this
 GPU_DENSE_LIMIT_GIB = 1.0  # ... and on a GPU when its dense bf16 weights do (a small model: SmolLM2-135M holds 0.2)
 
@@ -30,10 +30,6 @@ def compute_dtype() -> torch.dtype:
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
-
-
-def is_local(name: str) -> bool:
-    return Path(name).expanduser().exists() or name.startswith(LOCAL_PREFIXES)
 
 
 def _source(name: str, revision: str, marker: str = "config.json") -> dict:

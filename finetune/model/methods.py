@@ -18,10 +18,8 @@ from peft import get_peft_model
 from finetune.errors import PipelineError
 from finetune.model import base_model
 from finetune.model.adapters import REWRITES_BASE, load_adapter, lora_config
+from finetune.model.folders import is_local, is_whole_model
 from finetune.param_schemas import LoraParams, QuantizationParams
-
-METHODS = ("qlora", "lora", "full")
-
 
 def quantization(method: str, quant: QuantizationParams, sharded: bool = False):
     """The bitsandbytes config the base loads with: 4-bit for qlora (stored for FSDP if `sharded`), none otherwise."""
@@ -37,8 +35,6 @@ def load_base(name: str, revision: str, method: str, quant: QuantizationParams, 
               sharded: bool = False):
     """The base model as `method` trains and scores it; a small 4-bit base is dense-copied (`base_model.dense_copy`)
     unless not `dense`. `sharded`: the model is about to be sharded by FSDP."""
-    if method not in METHODS:
-        raise PipelineError(f"params.yaml: train.method is {method!r}; use one of {', '.join(METHODS)}")
     model = base_model.load_model(name, revision, quantization(method, quant, sharded), dtype=base_dtype(method))
     return base_model.dense_copy(model) if dense else model
 
@@ -89,7 +85,7 @@ def original_weights(folder: str):
     """A lookup of the base model's weights as its safetensors files hold them (before any 4-bit rounding)."""
     from safetensors import safe_open
 
-    files = sorted(Path(folder).glob("*.safetensors")) if base_model.is_local(folder) else []
+    files = sorted(Path(folder).glob("*.safetensors")) if is_local(folder) else []
     if not files:
         raise PipelineError(f"lora.init loftq reads the base model's original weights from its .safetensors files; "
                             f"{folder} has none: download the model into a local folder (base_model.name)")
@@ -156,7 +152,8 @@ def trainable(model, method: str, lora: LoraParams, checkpointing: bool, base_fo
 
 
 def save(trained: Trainable, dest: Path) -> None:
-    """Write the adapter, or the whole model for full fine-tuning, into `dest`.
+    """Write the adapter, or the whole model for full fine-tuning, into `dest`, byte for byte the same for the same
+    training.
 
     A PiSSA or OLoRA adapter was trained against a base with its start taken out; PEFT converts it
     into a plain LoRA adapter (of twice the rank) on the original base, which is what later stages load.
@@ -170,15 +167,12 @@ def save(trained: Trainable, dest: Path) -> None:
             model.config.use_cache = use_cache
         return
     conversion = str(Path(trained.initial_adapter.name) / "initial") if trained.initial_adapter else None
+    for config in model.peft_config.values():  # PEFT keeps them as a set, whose order changes from process to process
+        if isinstance(config.target_modules, set):
+            config.target_modules = sorted(config.target_modules)
     with warnings.catch_warnings():  # PEFT warns "PiSSA/OLoRA changes the base weights ... convert it", while converting
         warnings.filterwarnings("ignore", message=r".*changes the base weights of the model", category=UserWarning)
         model.save_pretrained(dest, state_dict=trained.state_dict, path_initial_model_for_weight_conversion=conversion)
-
-
-def is_whole_model(folder: str | Path) -> bool:
-    """A full fine-tuning result (a model folder) rather than an adapter."""
-    folder = Path(folder)
-    return (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file()
 
 
 def load_trained(folder: str | Path, load_base_model):

@@ -13,13 +13,8 @@ from __future__ import annotations
 from finetune.errors import PipelineError
 from finetune.text.prompts import IGNORE_INDEX, end_token_id
 
-CHAT_TEMPLATES = ("auto", "plain")
-
-
 def uses_template(tokenizer, chat_template: str) -> bool:
-    """`auto` takes the tokenizer's own chat template when it has one."""
-    if chat_template not in CHAT_TEMPLATES:
-        raise PipelineError(f"params.yaml: prompt.chat_template is '{chat_template}'; use one of {', '.join(CHAT_TEMPLATES)}")
+    """`auto` takes the tokenizer's own chat template when it has one (`plain` never does)."""
     return chat_template == "auto" and bool(getattr(tokenizer, "chat_template", None))
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from finetune.params import switch
 from finetune.text.prompts import IGNORE_INDEX
 
 
@@ -19,21 +18,6 @@ def any_length_attention():
     the same kernels as before.
     """
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
-
-
-PACKING_PAYS = 2.0  # longest example over the mean length from which padding-free batches pay on a GPU
-
-
-def wants_padding_free(setting: bool | str, lengths: list[int], on_gpu: bool, batch_tokens: int) -> bool:
-    """`auto` packs a batch's examples into one row (TRL's padding-free batches) on a GPU, when the examples are short
-    beside the longest: a batch padded to its longest example holds `batch_tokens` / longest examples, a packed one
-    `batch_tokens` / mean, so from a longest example twice the mean a step holds twice the examples or more.
-
-    Off on CPU, where one packed row trains slower than a padded batch (README "Training through TRL"), and for
-    examples of one length, where there is no padding to save and attention over the packed row costs more.
-    """
-    return switch("train.padding_free", setting, lambda: on_gpu and batch_tokens > 0 and lengths
-                  and max(lengths) >= PACKING_PAYS * sum(lengths) / len(lengths))
 
 
 def packed_attention_mask(position_ids: torch.Tensor) -> torch.Tensor:
@@ -85,7 +69,7 @@ def flash_over_examples(query, key, value, offsets, longest: int, scale: float |
 
 
 class PackedAttention:
-    """Attention kept inside each example of a packed row, while installed on a model (`.remove()` ends it).
+    """Attention kept inside each example of a packed row, inside a `with` block on a model.
 
     Every call of the model with position ids and no mask gets the mask of its packed rows (`packed_attention_mask`):
     transformers builds that mask from the position ids by itself only in models that pass them to their mask (Llama
@@ -93,17 +77,27 @@ class PackedAttention:
     mask is taken as it is by every model. With `kernel` (`flash_over_examples`), SDPA's calls on those rows go to it
     instead: SDPA with a mask computes the whole row's scores and masks them, a cost that grows with the row's square
     (at 4,096 tokens of 15-token examples, ~270 times the examples' own), where varlen attention computes only each
-    example's. Any other SDPA call, or one the kernel declines, runs SDPA as before.
+    example's. Any other SDPA call, or one the kernel declines, runs SDPA as before. Leaving the block takes the hook
+    off and gives torch its own SDPA back, whatever happened inside.
     """
 
     def __init__(self, model, kernel=None):
-        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.model = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.layout: dict = {}
         self.kernel = kernel
-        self.handle = inner.register_forward_pre_hook(self._add_mask, with_kwargs=True)
+        self.handle = None
         self.sdpa = torch.nn.functional.scaled_dot_product_attention
-        if kernel is not None:
+
+    def __enter__(self) -> PackedAttention:
+        self.handle = self.model.register_forward_pre_hook(self._add_mask, with_kwargs=True)
+        if self.kernel is not None:
             torch.nn.functional.scaled_dot_product_attention = self._attention
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.remove()
+        if self.kernel is not None:
+            torch.nn.functional.scaled_dot_product_attention = self.sdpa
 
     def _add_mask(self, module, args, kwargs):
         position_ids = kwargs.get("position_ids")
@@ -127,11 +121,6 @@ class PackedAttention:
                 return out.reshape(batch, length, heads, size).transpose(1, 2)
         return self.sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
                          **kwargs)
-
-    def remove(self) -> None:
-        self.handle.remove()
-        if self.kernel is not None:
-            torch.nn.functional.scaled_dot_product_attention = self.sdpa
 
 
 def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:

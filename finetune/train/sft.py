@@ -12,23 +12,21 @@ from transformers import Trainer, TrainerCallback
 from trl import SFTConfig
 
 from finetune.model.methods import Trainable
-from finetune.param_schemas import LoraParams, TaskTrainParams, TrainParams
+from finetune.param_schemas import LoraParams, TrainParams
 from finetune.text.prompts import IGNORE_INDEX
 from finetune.train import distributed
-from finetune.train.batching import AnswerOnlyCollator, PackedAttention, flash_over_examples, wants_padding_free
+from finetune.train.batching import AnswerOnlyCollator
 from finetune.train.guards import GradientGuard, GuardedTrainer, advice
+from finetune.train.plan import StepPlan
 
 
-def sft_config(task_train: TaskTrainParams, params: TrainParams, output_dir: str, has_validation: bool,
-               batch_size: int, learning_rate: float, accumulation: int | None = None,
-               padding_free: bool = False) -> SFTConfig:
-    """TRL's SFTConfig with every setting this pipeline depends on set explicitly.
+def sft_config(plan: StepPlan, params: TrainParams, epochs: float, output_dir: str, has_validation: bool) -> SFTConfig:
+    """TRL's SFTConfig with every setting this pipeline depends on set explicitly: the plan's batch, rate and packing,
+    the params' schedule.
 
     SFTConfig's own defaults differ from the Trainer's and would change the recipe: bf16 on (~20x
     slower on CPU), activation checkpointing on (it is switched on on the model itself, by
-    `methods.trainable`, when `train.gradient_checkpointing` asks), learning rate 2e-5, max_length 1024.
-    `batch_size` and `accumulation` are per process (default accumulation: train.gradient_accumulation);
-    `learning_rate` is the schedule's peak (build_trainer resolves it: the task's, or a GPU's scaled one).
+    `methods.trainable`, when the plan asks), learning rate 2e-5, max_length 1024.
     Padded batches are grouped by length (little padding); padding-free ones are drawn in random order, so that every
     step packs about the batch size times the mean length (grouped, some steps would pack only the longest examples).
     """
@@ -36,18 +34,18 @@ def sft_config(task_train: TaskTrainParams, params: TrainParams, output_dir: str
     on_gpu = torch.cuda.is_available()
     kwargs = dict(
         output_dir=output_dir, seed=params.seed, data_seed=params.seed,
-        num_train_epochs=task_train.epochs, per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=batch_size * 2,
-        gradient_accumulation_steps=accumulation or params.gradient_accumulation,
-        learning_rate=learning_rate,
+        num_train_epochs=epochs, per_device_train_batch_size=plan.batch_per_process,
+        per_device_eval_batch_size=plan.batch_per_process * 2,
+        gradient_accumulation_steps=plan.accumulation,
+        learning_rate=plan.learning_rate,
         weight_decay=params.weight_decay, lr_scheduler_type="cosine",
         logging_steps=params.logging_steps, logging_first_step=True, save_strategy="no", report_to=[],
         eval_strategy="epoch" if has_validation else "no",
         bf16=on_gpu and torch.cuda.is_bf16_supported(), fp16=False,
         remove_unused_columns=False, disable_tqdm=False, dataloader_num_workers=0, dataloader_pin_memory=on_gpu,
-        # The examples come tokenized and cut to max_length by encode_split (the prompt loses its start, never the
+        # The examples come tokenized and cut to max_length by the task's kind (the prompt loses its start, never the
         # answer); TRL would cut the end, and refuses a max_length with padding-free batches.
-        max_length=None, padding_free=padding_free, packing=False,
+        max_length=None, padding_free=plan.padding_free, packing=False,
         completion_only_loss=True,  # else TRL ignores the completion_mask of padding-free examples
         assistant_only_loss=False,  # it needs {% generation %} tags SmolLM2's chat template lacks; labels mask instead
         shuffle_dataset=False,
@@ -59,9 +57,9 @@ def sft_config(task_train: TaskTrainParams, params: TrainParams, output_dir: str
     # transformers 5.2x renamed gradient_checkpointing (a deprecated alias now, which warns)
     kwargs["activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"] = False
     if "train_sampling_strategy" in fields:
-        kwargs["train_sampling_strategy"] = "random" if padding_free else "group_by_length"
+        kwargs["train_sampling_strategy"] = "random" if plan.padding_free else "group_by_length"
     else:
-        kwargs["group_by_length"] = not padding_free
+        kwargs["group_by_length"] = not plan.padding_free
     return SFTConfig(**kwargs)
 
 
@@ -135,38 +133,25 @@ class PipelineTrainer(GuardedTrainer):
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
 
-def build_trainer(trained: Trainable, tokenizer, train_set: list[dict], validation_set: list[dict],
-                  task_train: TaskTrainParams, params: TrainParams, lora: LoraParams, work_dir: Path,
-                  callbacks: list, batch_size: int | None = None, accumulation: int | None = None,
-                  padding_free: bool | None = None, learning_rate: float | None = None) -> PipelineTrainer:
-    """The SFTTrainer for `trained`: the answer-only collator (or TRL's padding-free one), the divergence guards,
-    LoRA+'s optimizer where asked, and the trainable weights as they were before TRL's bf16 cast.
-    `batch_size` is examples per process step (default: the task's), `accumulation` steps per update (default:
-    train.gradient_accumulation), `padding_free` as decided (default: train.padding_free, `auto` decided here),
-    `learning_rate` the peak rate (default: the task's; a GPU's grown batch scales it, `training.scaled_learning_rate`)."""
+def build_trainer(trained: Trainable, tokenizer, train_set: list[dict], validation_set: list[dict], plan: StepPlan,
+                  params: TrainParams, lora: LoraParams, epochs: float, work_dir: Path,
+                  callbacks: list) -> PipelineTrainer:
+    """The SFTTrainer for `trained` as `plan` says: the answer-only collator (or TRL's padding-free one), the
+    divergence guards, LoRA+'s optimizer where asked, and the trainable weights as they were before TRL's bf16 cast.
+    `callbacks` may hold functions that make a callback (called here, once the model is ready)."""
     model = trained.model
-    batch_size = batch_size or task_train.batch_size
-    if padding_free is None:
-        padding_free = wants_padding_free(params.padding_free, [len(ex["input_ids"]) for ex in train_set],
-                                          torch.cuda.is_available(), params.gpu_batch_tokens)
-    learning_rate = learning_rate or task_train.learning_rate
-    args = sft_config(task_train, params, str(work_dir), has_validation=bool(validation_set), batch_size=batch_size,
-                      learning_rate=learning_rate, accumulation=accumulation, padding_free=padding_free)
-    what_to_try = advice(task_train.learning_rate, params.warmup_ratio, scaled_to=learning_rate)
+    args = sft_config(plan, params, epochs, str(work_dir), has_validation=bool(validation_set))
+    what_to_try = advice(plan.task_learning_rate, params.warmup_ratio, scaled_to=plan.learning_rate)
     callbacks = [GradientGuard(what_to_try), *(c if isinstance(c, TrainerCallback) else c() for c in callbacks)]
-    optimizer = loraplus_optimizer(model, lora, learning_rate, params.weight_decay) if (
+    optimizer = loraplus_optimizer(model, lora, plan.learning_rate, params.weight_decay) if (
         trained.method != "full" and lora.plus_lr_ratio > 0) else None
     with weights_kept(model):  # SFTTrainer casts a quantized base's LoRA weights to bf16, even on CPU
-        trainer = PipelineTrainer(
+        return PipelineTrainer(
             model=model, args=args, processing_class=tokenizer,
-            train_dataset=as_dataset(train_set, padding_free),
-            eval_dataset=as_dataset(validation_set, padding_free) if validation_set else None,
-            data_collator=None if padding_free else AnswerOnlyCollator(tokenizer.pad_token_id),
+            train_dataset=as_dataset(train_set, plan.padding_free),
+            eval_dataset=as_dataset(validation_set, plan.padding_free) if validation_set else None,
+            data_collator=None if plan.padding_free else AnswerOnlyCollator(tokenizer.pad_token_id),
             callbacks=callbacks, optimizers=(optimizer, None), what_to_try=what_to_try)
-    # On a GPU, each packed example's attention by flash varlen; the mask alone on CPU (where that kernel is not)
-    trainer.packed_mask = PackedAttention(model, flash_over_examples if torch.cuda.is_available() else None) if (
-        padding_free) else None
-    return trainer
 
 
 @contextlib.contextmanager

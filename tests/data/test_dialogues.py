@@ -59,11 +59,9 @@ def test_prompt_response_table_and_duplicates():
     ("table", pd.DataFrame({"prompt": ["Hi", " "], "response": ["x", "y"]}), "row 2 has an empty 'prompt'"),
     ("guanaco", pd.DataFrame({"text": ["no markers here"]}), "row 1 has no '### Human"),
     ("persona_chat", pd.DataFrame({"history": [["hi"]], "candidates": [["x"]]}), "missing column 'personality'"),
-    ("yaml", pd.DataFrame({"a": [1]}), "data.format is 'yaml'"),
 ])
 def test_bad_rows_are_one_line_errors(fmt, table, fragment):
-    fields = {"table": ("prompt", "response"), "guanaco": ("text", ""), "persona_chat": ("history", "candidates"),
-              "yaml": ("a", "")}[fmt]
+    fields = {"table": ("prompt", "response"), "guanaco": ("text", ""), "persona_chat": ("history", "candidates")}[fmt]
     with pytest.raises(PipelineError, match=fragment) as error:
         build_dialogues(table, "f.csv", fmt, *fields, [], 0)
     assert len(str(error.value).splitlines()) == 1

@@ -54,3 +54,20 @@ def classifier(tmp_path_factory, tokenizer) -> Path:
 @pytest.fixture(scope="module")
 def chatter(tmp_path_factory, tokenizer) -> Path:
     return make_adapter(tmp_path_factory.mktemp("chatter"), tokenizer, kind="generation")
+
+
+def classify_texts(run, model, tokenizer, texts: list[str], batch_size: int, memory_gib: float) -> list[str]:
+    """The labels a classification run gives (label scoring with the prompt and labels it recorded)."""
+    from finetune.kinds.classification import label_texts
+
+    return label_texts(model, tokenizer, texts, run.labels, run.prompt.template, run.prompt.answer_prefix, batch_size,
+                       memory_gib)
+
+
+def answer_conversations(run, model, tokenizer, conversations: list[list[dict]], batch_size: int, max_new_tokens: int,
+                         no_repeat_ngram_size: int) -> list[str]:
+    """The answers a generation run gives (its system message and chat format, greedy)."""
+    from finetune.kinds.generation import answer_conversations as answer
+
+    return answer(model, tokenizer, conversations, run.prompt, run.max_length, batch_size, max_new_tokens,
+                  no_repeat_ngram_size)

@@ -5,8 +5,12 @@ import pytest
 import torch
 import yaml
 
+from finetune import params
 from finetune.deliver import card
 from finetune.errors import PipelineError
+from tests.conftest import ROOT
+
+ABOUT = {task: params.read_task(ROOT / "params.yaml", name=task).card for task in ("instacart", "chatbot", "chitchat")}
 
 LABELS = ["alcohol", "babies", "bakery", "dairy", "dairy eggs"]  # 'dairy' starts 'dairy eggs': the end token is scored
 INSTACART_RUN = {
@@ -82,7 +86,7 @@ def test_adapter_card_metadata_names_the_hub_model_the_embedded_base_was_exporte
 
 
 def test_classification_card_shows_labels_prompt_metrics_training_and_provenance():
-    text = card.model_card(INSTACART_RUN, INSTACART_EVAL, "adapter")
+    text = card.model_card(INSTACART_RUN, INSTACART_EVAL, "adapter", about=ABOUT["instacart"])
     assert "Product: {text}\nDepartment:" in section(text, "What it does")
     assert "replaced by the input (the `product` field)" in section(text, "What it does")
     assert "Instacart product catalog" in text and "`data.source: instacart`" in text
@@ -90,7 +94,7 @@ def test_classification_card_shows_labels_prompt_metrics_training_and_provenance
     assert table_rows(text) == {
         "model": ["accuracy", "macro-F1", "weighted-F1", "no valid label"],
         "Base model (zero-shot)": ["0.088", "0.045", "0.053", "0.000"],
-        "QLoRA fine-tuned": ["0.708", "0.580", "0.696", "0.000"],
+        "Fine-tuned (QLoRA)": ["0.708", "0.580", "0.696", "0.000"],
         "TF-IDF + logistic regression, same split": ["0.747", "0.629", "0.737", "0.000"],
     }
     training = yaml.safe_load(section(text, "Training").split("```yaml\n", 1)[1].split("```", 1)[0])
@@ -115,20 +119,32 @@ def test_adapter_card_loads_with_peft_and_merged_card_with_plain_transformers():
 
 
 def test_generation_card_has_no_classic_row_and_the_chatbot_card_says_it_is_no_substitute_for_care():
-    text = card.model_card(CHATBOT_RUN, CHAT_EVAL, "adapter")
+    text = card.model_card(CHATBOT_RUN, CHAT_EVAL, "adapter", about=ABOUT["chatbot"])
     rows = table_rows(text)
-    assert list(rows) == ["model", "Base model (zero-shot)", "QLoRA fine-tuned"]
-    assert rows["QLoRA fine-tuned"] == ["0.250", "0.094", "36.204", "0.283", "0.561", "0.000"]
+    assert list(rows) == ["model", "Base model (zero-shot)", "Fine-tuned (QLoRA)"]
+    assert rows["Fine-tuned (QLoRA)"] == ["0.250", "0.094", "36.204", "0.283", "0.561", "0.000"]
     assert "TF-IDF" not in text and "text-generation" in metadata(text)["tags"]
     assert "not a substitute for professional care" in section(text, "Intended use and limits")
-    # ... also when the system message no longer says so
-    quiet = copy.deepcopy(CHATBOT_RUN)
-    quiet["task"]["prompt"]["system"] = ""
-    assert "not a substitute for professional care" in section(card.model_card(quiet, CHAT_EVAL, "merged"),
-                                                               "Intended use and limits")
-    chitchat = copy.deepcopy(CHATBOT_RUN)
-    chitchat["task"]["name"] = "chitchat"
-    assert "professional care" not in section(card.model_card(chitchat, CHAT_EVAL, "adapter"), "Intended use and limits")
+    # ... from the task's params: whatever the task is named or its system message says
+    renamed = copy.deepcopy(CHATBOT_RUN)
+    renamed["task"]["name"], renamed["task"]["prompt"]["system"] = "support_bot", ""
+    assert "not a substitute for professional care" in section(
+        card.model_card(renamed, CHAT_EVAL, "merged", about=ABOUT["chatbot"]), "Intended use and limits")
+    assert "professional care" not in section(card.model_card(CHATBOT_RUN, CHAT_EVAL, "adapter", about=ABOUT["chitchat"]),
+                                              "Intended use and limits")
+
+
+@pytest.mark.parametrize("method, lora, words", [
+    ("qlora", {}, "QLoRA"), ("lora", {"use_dora": True, "plus_lr_ratio": 16}, "LoRA with DoRA and LoRA+"),
+    ("full", {}, "full fine-tuning")])
+def test_the_card_names_the_method_and_variant_as_trained(method, lora, words):
+    run = copy.deepcopy(INSTACART_RUN)
+    run["params"]["train"]["method"] = method
+    run["params"]["lora"].update(lora)
+    text = card.model_card(run, INSTACART_EVAL, "merged")
+    assert f"Fine-tuned ({words})" in table_rows(text) and f"trained with {words} (" in text
+    if method == "full":
+        assert "LoRA" not in text.split("## Training")[0] and "a fine-tuned version of" in text
 
 
 def test_a_hub_base_keeps_its_id_and_revision_and_a_hub_dataset_is_listed():
@@ -141,8 +157,8 @@ def test_a_hub_base_keeps_its_id_and_revision_and_a_hub_dataset_is_listed():
     text = card.model_card(run, CHAT_EVAL, "adapter")
     meta = metadata(text)
     assert meta["base_model"] == "tiiuae/falcon-7b" and meta["datasets"] == ["someone/own-guanaco-copy"]
-    del run["task"]["data"]  # an older run.json: the task's known dataset
-    assert metadata(card.model_card(run, CHAT_EVAL, "adapter"))["datasets"] == ["timdettmers/openassistant-guanaco"]
+    del run["task"]["data"]  # an older run.json: no data source, no dataset claimed
+    assert "datasets" not in metadata(card.model_card(run, CHAT_EVAL, "adapter"))
     assert 'from_pretrained("tiiuae/falcon-7b", revision="abc123", quantization_config=quantization)' in python_code(text)
     assert "revision `abc123`" in section(text, "Provenance")
     assert "small model" not in text and "Q4_1" not in text
@@ -179,8 +195,6 @@ def test_the_export_stages_figures_are_listed_and_the_merge_is_explained():
 
 
 def test_bad_input_is_a_pipeline_error():
-    with pytest.raises(PipelineError, match="use one of adapter, merged, gguf"):
-        card.model_card(INSTACART_RUN, INSTACART_EVAL, "onnx")
     with pytest.raises(PipelineError, match="no label set"):
         card.model_card({**INSTACART_RUN, "labels": None}, INSTACART_EVAL, "adapter")
     with pytest.raises(PipelineError, match="run.json has no 'params'"):

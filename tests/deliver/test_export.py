@@ -7,13 +7,12 @@ import pandas as pd
 
 from finetune import params
 from finetune.deliver.export import release
-from finetune.deliver.predict import classify_texts
 from finetune.deliver.trained import load_trained
 from finetune.files import write_json, write_jsonl
 from finetune.model.methods import Trainable
 from finetune.train.training import save_trained
 from tests.conftest import ROOT, tiny_llama
-from tests.deliver.conftest import CLASSIFY, LABELS
+from tests.deliver.conftest import CLASSIFY, LABELS, classify_texts
 
 TEXTS = ["Organic Whole Milk", "Frozen Peas", "Penne Rigate", "Sea Salt Crisps"]
 

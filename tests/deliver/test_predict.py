@@ -2,19 +2,16 @@
 
 import csv
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from finetune.deliver.predict import answer_conversations, classify_texts, predict_file
+from finetune.deliver.predict import predict_file
+from tests.deliver.conftest import answer_conversations, classify_texts
 from finetune.deliver.trained import load_trained
 from finetune.errors import PipelineError
 from finetune.evaluate import scoring
-from tests.conftest import ROOT
 from tests.deliver.conftest import LABELS
 
 PRODUCTS = ["Organic Whole Milk", "Spaghetti No. 5", "Frozen Peas", "Baby Spinach", "Salted Pretzels",
@@ -121,14 +118,6 @@ def test_generation_answers_each_prompt_as_evaluate_generates(tmp_path, chatter)
     expected = answer_conversations(run, model, tokenizer, [[{"role": "user", "content": p}] for p in prompts[:2]],
                                     batch_size=2, max_new_tokens=5, no_repeat_ngram_size=0)
     assert out["answer"][:2].tolist() == expected and pd.isna(out["answer"][2])
-
-
-def test_the_command_line_gives_one_line_errors(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "finetune.cli", "predict", "in.csv", "out.csv", "--adapter",
-                           str(tmp_path / "none")], env=env, capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'none'}: no run.json")
 
 
 def test_a_merged_folder_predicts_what_its_adapter_predicts(tmp_path, classifier, loaded):

@@ -5,7 +5,7 @@ import io
 import pytest
 
 from finetune.deliver.chat import chat_loop, reply
-from finetune.deliver.predict import answer_conversations
+from tests.deliver.conftest import answer_conversations
 from finetune.deliver.trained import load_trained
 from finetune.errors import PipelineError
 
@@ -58,5 +58,5 @@ def test_the_answer_continues_the_whole_conversation(chatter):
 
 def test_a_classification_adapter_is_refused(classifier):
     run, model, tokenizer = load_trained(classifier)
-    with pytest.raises(PipelineError, match="trained to classify .*use `finetune predict`"):
+    with pytest.raises(PipelineError, match="trained for a classification task .*not to chat; use `finetune predict`"):
         chat_loop(run, model, tokenizer, read=Typist([]), output=io.StringIO())

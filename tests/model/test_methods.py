@@ -7,12 +7,13 @@ import json
 import pytest
 import torch
 
-from finetune import params
+from finetune import kinds, params
 from finetune.errors import PipelineError
 from finetune.evaluate.scoring import label_scores
 from finetune.model import methods
+from finetune.model.folders import is_whole_model
 from finetune.train.sft import loraplus_optimizer
-from finetune.train.training import encode_split, save_trained, train_model
+from finetune.train.training import save_trained, train_model
 from tests.conftest import lora_params, tiny_falcon, tiny_llama
 
 LABELS = ["produce", "snacks", "frozen"]
@@ -38,13 +39,13 @@ def train_tiny(tmp_path, tokenizer, method: str, lora_changes: dict, arch: str =
     tokenizer.save_pretrained(base)
     task = params.read_task(name="instacart")
     rows = [{"id": str(i), "text": f"item {i} kind {i % 3}", "label": LABELS[i % 3]} for i in range(12)]
-    examples = encode_split(tokenizer, rows, task)
+    examples = kinds.of(task).encode(tokenizer, rows, task)
     task_train = params.replace(task.train, batch_size=4, learning_rate=5e-3)
     train = params.replace(params.read("train"), method=method, logging_steps=1, checkpoint_minutes=0)
     lora = lora_params(r=4, alpha=8, **lora_changes)
     quant = params.read("quantization")
     model = methods.load_base(str(base), "main", method, quant, dense=False)
-    trained, result = train_model(model, tokenizer, examples, [], task_train, train, lora, tmp_path / "work",
+    trained, result, _ = train_model(model, tokenizer, examples, [], task_train, train, lora, tmp_path / "work",
                                   callbacks=[], base_folder=str(base))
     return trained, result, base, quant
 
@@ -71,7 +72,7 @@ def test_each_method_and_variant_trains_saves_reloads_and_scores_the_same(case, 
 
     out = tmp_path / "out"
     if method == "full":
-        assert methods.is_whole_model(out) and not (out / "adapter_config.json").exists()
+        assert is_whole_model(out) and not (out / "adapter_config.json").exists()
         assert result.trainable_parameters == result.total_parameters and result.target_modules == []
         return
     config = json.loads((out / "adapter_config.json").read_text())

@@ -79,5 +79,3 @@ def test_system_messages_combine_and_errors_are_clear(tokenizer):
     assert with_system(CONVERSATION, "")[0] == CONVERSATION[0]
     with pytest.raises(PipelineError, match="end with the assistant"):
         encode_conversation(tokenizer, CONVERSATION[:-1], "", "auto", 64)
-    with pytest.raises(PipelineError, match="chat_template is 'jinja'"):
-        encode_conversation(tokenizer, CONVERSATION, "", "jinja", 64)

@@ -82,7 +82,7 @@ def _each_example_alone(query, key, value, offsets, longest, scale):
 
 def test_packed_attention_through_a_varlen_kernel_equals_the_masked_row(tiny_model):
     """With a kernel, SDPA's calls on packed rows go to it, and the logits and gradients are those of the whole row
-    through SDPA and its mask (fp32); every decoder layer's call went to it; SDPA is itself again after `remove`."""
+    through SDPA and its mask (fp32); every decoder layer's call went to it; SDPA is itself again after the block."""
     from finetune.model.base_model import key_value_heads_repeated
     from finetune.train.batching import PackedAttention
 
@@ -99,13 +99,9 @@ def test_packed_attention_through_a_varlen_kernel_equals_the_masked_row(tiny_mod
     results = []
     for chosen in (None, kernel):
         tiny_model.zero_grad()
-        packed = PackedAttention(tiny_model, chosen)
-        try:
-            with key_value_heads_repeated(tiny_model):
-                logits = tiny_model(input_ids=input_ids, position_ids=position_ids).logits
-                logits.float().pow(2).mean().backward()
-        finally:
-            packed.remove()
+        with PackedAttention(tiny_model, chosen), key_value_heads_repeated(tiny_model):
+            logits = tiny_model(input_ids=input_ids, position_ids=position_ids).logits
+            logits.float().pow(2).mean().backward()
         results.append((logits.detach(), [p.grad.clone() for p in tiny_model.parameters() if p.grad is not None]))
     assert len(calls) == tiny_model.config.num_hidden_layers
     assert torch.nn.functional.scaled_dot_product_attention is sdpa
@@ -121,11 +117,7 @@ def test_packed_attention_leaves_padded_calls_to_sdpa(tiny_model):
     from finetune.train.batching import PackedAttention
 
     calls = []
-    packed = PackedAttention(tiny_model, lambda *args: calls.append(1))
-    try:
-        ids, mask = left_pad([[5, 6, 7], [8]], pad_value=0)
-        with torch.no_grad():
-            tiny_model(input_ids=ids, attention_mask=mask, position_ids=positions(mask))
-    finally:
-        packed.remove()
+    ids, mask = left_pad([[5, 6, 7], [8]], pad_value=0)
+    with PackedAttention(tiny_model, lambda *args: calls.append(1)), torch.no_grad():
+        tiny_model(input_ids=ids, attention_mask=mask, position_ids=positions(mask))
     assert calls == []

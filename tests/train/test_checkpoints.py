@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import os
@@ -12,15 +13,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from dvclive import Live
 from transformers import TrainerCallback
-from transformers.integrations import DVCLiveCallback
 
-from finetune import params
+from finetune import kinds, params
 from finetune.errors import PipelineError
 from finetune.model import base_model
 from finetune.train.checkpoints import MARKER, CheckpointCallback, Checkpoints, differences
-from finetune.train.training import encode_split, train_model
+from finetune.train.curves import curves
+from finetune.train.training import train_model
 from tests.conftest import tiny_llama
 
 LABELS = ["snacks", "dairy eggs", "produce"]
@@ -55,7 +55,7 @@ def setup(tmp_path_factory, tokenizer):
     tiny_llama(len(tokenizer)).save_pretrained(folder)
     task = params.read_task(name="instacart")
     rows = [{"id": str(i), "text": f"item {i} of kind {i % 3}", "label": LABELS[i % 3]} for i in range(24)]
-    examples = encode_split(tokenizer, rows, task)
+    examples = kinds.of(task).encode(tokenizer, rows, task)
     task_train = params.replace(task.train, batch_size=2)  # 12 steps
     train = params.replace(params.read("train"), logging_steps=2, checkpoint_minutes=1e-6)  # at every logging step
     lora = params.replace(params.read("lora"), r=4, alpha=8)
@@ -71,16 +71,15 @@ def train(setup, checkpoint_dir: Path, identity: dict = IDENTITY, extra: list | 
     resume = checkpoints.start()
     saving = CheckpointCallback(checkpoints, setup.train.checkpoint_minutes, keep,
                                 trained_s=resume[1]["training_s"] if resume else 0.0)
-    live = lambda: DVCLiveCallback(live=Live(dir=str(checkpoints.live_dir), dvcyaml=False, save_dvc_exp=False,  # noqa: E731
-                                             resume=resume is not None))
-    trained, result = train_model(model, setup.tokenizer, setup.examples, setup.examples[:4], setup.task_train,
-                                  setup.train, setup.lora, checkpoints.folder, callbacks=[live, *(extra or [])],
-                                  saving=saving, resume_from=resume)
+    live = lambda: curves(checkpoints.live_dir, resume=resume is not None)  # noqa: E731
+    trained, result, timings = train_model(model, setup.tokenizer, setup.examples, setup.examples[:4],
+                                           setup.task_train, setup.train, setup.lora, checkpoints.folder,
+                                           callbacks=[live, *(extra or [])], saving=saving, resume_from=resume)
     adapter = {k: v.detach().clone() for k, v in trained.model.state_dict().items() if "lora_" in k}
     with open(checkpoints.live_dir / "plots/metrics/loss.tsv") as f:
         curve = [(row["step"], row["loss"]) for row in csv.DictReader(f, delimiter="\t")]
     checkpoints.finish(keep_last=keep)
-    return adapter, result, curve
+    return adapter, SimpleNamespace(**dataclasses.asdict(result), **dataclasses.asdict(timings)), curve
 
 
 def test_a_killed_run_resumes_to_the_same_adapter_and_the_same_curve(setup, tmp_path):

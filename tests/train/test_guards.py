@@ -7,11 +7,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from finetune import params
+from finetune import kinds, params
 from finetune.errors import PipelineError
 from finetune.model import base_model
 from finetune.train.guards import GradientGuard
-from finetune.train.training import encode_split, train_model
+from finetune.train.training import train_model
 from tests.conftest import tiny_llama
 
 
@@ -19,7 +19,7 @@ def test_a_huge_learning_rate_stops_training_with_one_line(tmp_path, tokenizer):
     tiny_llama(len(tokenizer)).save_pretrained(tmp_path / "base")
     task = params.read_task(name="instacart")
     rows = [{"id": str(i), "text": f"item {i}", "label": ["snacks", "produce"][i % 2]} for i in range(16)]
-    examples = encode_split(tokenizer, rows, task)
+    examples = kinds.of(task).encode(tokenizer, rows, task)
     task_train = params.replace(task.train, batch_size=2, learning_rate=1e30)
     model = base_model.dense_copy(base_model.load_model(str(tmp_path / "base"), "main",
                                                             base_model.quantization_config(True, "nf4", True)))

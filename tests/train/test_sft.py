@@ -5,12 +5,19 @@ import pytest
 
 from finetune import params
 from finetune.model import methods
-from finetune.train.sft import build_trainer
+from finetune.train import sft
+from finetune.train.training import step_plan
+
+
+def build_trainer(trained, tokenizer, examples, task_train, train, lora, work_dir):
+    """The trainer train_model builds for these examples, from their step plan."""
+    plan = step_plan(trained.model, examples, task_train, train, lora)
+    return sft.build_trainer(trained, tokenizer, examples, [], plan, train, lora, task_train.epochs, work_dir, [])
 
 
 def _examples(tokenizer, kind: str, n: int = 12, varied: bool = False) -> tuple[list[dict], object]:
     """`varied`: product names of different lengths."""
-    from finetune.train.training import encode_split
+    from finetune import kinds
 
     if kind == "classification":
         task = params.read_task(name="instacart")
@@ -23,7 +30,7 @@ def _examples(tokenizer, kind: str, n: int = 12, varied: bool = False) -> tuple[
         task = dataclasses.replace(chitchat, train=params.replace(chitchat.train, max_length=64))
         rows = [{"id": str(i), "messages": [{"role": "user", "content": f"hello number {i}"},
                                             {"role": "assistant", "content": f"hi there {i}"}]} for i in range(n)]
-    return encode_split(tokenizer, rows, task), task
+    return kinds.of(task).encode(tokenizer, rows, task), task
 
 
 def _losses(log_history) -> list[float]:
@@ -53,7 +60,7 @@ def test_sft_trainer_steps_lose_what_the_plain_trainer_loses_on_the_same_batches
         torch.manual_seed(0)
         trained = methods.trainable(base, "qlora", lora, False, "")
         before = {n: p.detach().clone() for n, p in trained.model.named_parameters() if p.requires_grad}
-        trainer = build_trainer(trained, tokenizer, examples, [], task_train, train, lora, tmp_path / str(plain), [])
+        trainer = build_trainer(trained, tokenizer, examples, task_train, train, lora, tmp_path / str(plain))
         after = {n: p.detach() for n, p in trained.model.named_parameters() if p.requires_grad}
         assert before.keys() == after.keys()  # TRL's bf16 round trip undone: the adapter starts where PEFT put it
         assert all(torch.equal(before[n], after[n]) and after[n].dtype == torch.float32 for n in before)
@@ -81,8 +88,8 @@ def test_the_trained_tokens_are_the_answer_only(kind, padding_free, tmp_path, to
     examples, task = _examples(tokenizer, kind, n=2)
     train = params.replace(params.read("train"), padding_free=padding_free)
     trained = methods.trainable(tiny_llama(len(tokenizer)), "qlora", lora_params(r=4, alpha=8), False, "")
-    trainer = build_trainer(trained, tokenizer, examples[:1], [], params.replace(task.train, batch_size=1), train,
-                            lora_params(), tmp_path, [])
+    trainer = build_trainer(trained, tokenizer, examples[:1], params.replace(task.train, batch_size=1), train,
+                            lora_params(), tmp_path)
     batch = next(iter(trainer.get_train_dataloader()))
     labels = batch["labels"][0]
     trained_ids = labels[labels != -100].tolist()
@@ -106,8 +113,8 @@ def test_padding_free_batches_lose_what_padded_batches_lose(tmp_path, tokenizer)
     for padding_free in (False, True):
         trained = methods.trainable(tiny_llama(len(tokenizer)), "qlora", lora_params(r=4, alpha=8), False, "")
         train = params.replace(params.read("train"), padding_free=padding_free)
-        trainer = build_trainer(trained, tokenizer, examples, [], params.replace(task.train, batch_size=4), train,
-                                lora_params(), tmp_path / str(padding_free), [])
+        trainer = build_trainer(trained, tokenizer, examples, params.replace(task.train, batch_size=4), train,
+                                lora_params(), tmp_path / str(padding_free))
         batch = next(iter(trainer.get_train_dataloader()))
         assert ("position_ids" in batch and "attention_mask" not in batch) is padding_free
         with torch.no_grad():
@@ -123,6 +130,7 @@ def test_packed_training_loses_what_padded_training_loses(arch, tmp_path, tokeni
     from finetune.train.batching (its own mask ignores the position ids: without it, the first step's loss differs by 2e-3)."""
     import torch
 
+    from finetune.train.training import run_trainer
     from tests.conftest import lora_params, tiny_falcon, tiny_llama
 
     build = {"llama": tiny_llama, "falcon": tiny_falcon}[arch]
@@ -135,9 +143,10 @@ def test_packed_training_loses_what_padded_training_loses(arch, tmp_path, tokeni
         torch.manual_seed(0)
         trained = methods.trainable(build(len(tokenizer)), "qlora", lora, False, "")
         train = params.replace(params.read("train"), logging_steps=1, padding_free=padding_free)
-        trainer = build_trainer(trained, tokenizer, examples, [], task_train, train, lora, tmp_path / str(padding_free),
-                                [])
-        trainer.train()
+        plan = step_plan(trained.model, examples, task_train, train, lora)
+        trainer = sft.build_trainer(trained, tokenizer, examples, [], plan, train, lora, task_train.epochs,
+                                    tmp_path / str(padding_free), [])
+        run_trainer(trainer, plan, saving=None, resume_from=None)  # packed rows: their attention kept per example
         runs.append((_losses(trainer.state.log_history),
                      {n: p.detach().clone() for n, p in trained.model.named_parameters() if p.requires_grad}))
     (padded, padded_weights), (packed, packed_weights) = runs
@@ -156,8 +165,8 @@ def test_the_flop_count_walks_the_model_once_and_counts_what_the_trainer_counts(
 
     examples, task = _examples(tokenizer, "classification", n=4)
     trained = methods.trainable(tiny_llama(len(tokenizer)), "qlora", lora_params(r=4, alpha=8), False, "")
-    trainer = build_trainer(trained, tokenizer, examples, [], params.replace(task.train, batch_size=2),
-                            params.read("train"), lora_params(), tmp_path, [])
+    trainer = build_trainer(trained, tokenizer, examples, params.replace(task.train, batch_size=2),
+                            params.read("train"), lora_params(), tmp_path)
     batches = list(trainer.get_train_dataloader())
     expected = [Trainer.floating_point_ops(trainer, b) for b in batches]
     walks = []
@@ -169,14 +178,16 @@ def test_the_flop_count_walks_the_model_once_and_counts_what_the_trainer_counts(
     assert len(batches) == 2 and expected[0] > 0 and len(walks) == 1
 
 
-def test_the_trainer_takes_the_rate_it_is_given_and_the_tasks_by_default(tmp_path, tokenizer):
+def test_the_trainer_takes_the_batch_and_rate_of_its_plan(tmp_path, tokenizer):
+    import dataclasses
+
     from tests.conftest import lora_params, tiny_llama
 
     examples, task = _examples(tokenizer, "classification", n=4)
-    rates = []
-    for given in (None, 0.0041):
-        trained = methods.trainable(tiny_llama(len(tokenizer)), "qlora", lora_params(r=4, alpha=8), False, "")
-        trainer = build_trainer(trained, tokenizer, examples, [], task.train, params.read("train"), lora_params(),
-                                tmp_path / str(given), [], learning_rate=given)
-        rates.append(trainer.args.learning_rate)
-    assert rates == [task.train.learning_rate, 0.0041]
+    trained = methods.trainable(tiny_llama(len(tokenizer)), "qlora", lora_params(r=4, alpha=8), False, "")
+    plan = step_plan(trained.model, examples, task.train, params.read("train"), lora_params())
+    grown = dataclasses.replace(plan, batch=4, batch_per_process=4, learning_rate=0.0041)  # as a GPU plans it
+    trainer = sft.build_trainer(trained, tokenizer, examples, [], grown, params.read("train"), lora_params(),
+                                task.train.epochs, tmp_path, [])
+    assert (trainer.args.learning_rate, trainer.args.per_device_train_batch_size) == (0.0041, 4)
+    assert (plan.learning_rate, plan.batch) == (task.train.learning_rate, task.train.batch_size)  # CPU: the task's

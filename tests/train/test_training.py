@@ -1,4 +1,5 @@
-"""The training settings a GPU picks by itself: batch growth, activation checkpointing, compiled blocks."""
+"""Training: the step plan (what a GPU picks by itself: batch growth, learning rate, packing, activation
+checkpointing, compiled blocks), decided without a model; compiled blocks, parameter counts, the adapter trained."""
 
 
 import pytest
@@ -7,10 +8,10 @@ import torch
 from finetune import params
 from finetune.errors import PipelineError
 from finetune.model import methods
-from finetune.train.batching import wants_padding_free
 from finetune.train.memory import StepMemory, activation_bytes, lora_parameters
-from finetune.train.training import (LARGE_MODEL, compile_blocks, device_batch_size, lora_inputs_uncast, parameter_count,
-                               wants_checkpointing, wants_compile)
+from finetune.train.plan import (LARGE_MODEL, Device, ModelSize, device_batch_size, plan_step, scaled_learning_rate,
+                                 wants_checkpointing, wants_compile, wants_padding_free)
+from finetune.train.training import compile_blocks, lora_inputs_uncast, parameter_count
 
 
 def settings(**train_overrides):
@@ -70,8 +71,6 @@ def test_auto_compile_switches_on_only_for_a_large_model_on_a_gpu():
     assert not wants_compile("auto", 10 * LARGE_MODEL, on_gpu=False)
     assert wants_compile(True, 1, on_gpu=False)
     assert not wants_compile(False, 10 * LARGE_MODEL, on_gpu=True)
-    with pytest.raises(PipelineError, match="train.compile is 'yes'; expected true, false or auto"):
-        wants_compile("yes", 1, on_gpu=True)
 
 
 GIB = 2**30
@@ -85,8 +84,6 @@ def test_auto_checkpointing_is_on_only_where_the_activations_do_not_fit_the_free
     assert wants_checkpointing("auto", tight) and wants_checkpointing("auto", full)
     assert not wants_checkpointing("auto", None)  # CPU
     assert wants_checkpointing(True, roomy) and not wants_checkpointing(False, tight)  # true: the low-memory mode
-    with pytest.raises(PipelineError, match="train.gradient_checkpointing is 'yes'; expected true, false or auto"):
-        wants_checkpointing("yes", roomy)
 
 
 def test_a_7b_step_of_4096_tokens_is_estimated_near_what_autograd_keeps():
@@ -117,8 +114,39 @@ def test_auto_padding_free_packs_short_examples_on_a_gpu(lengths, on_gpu, wanted
     assert wants_padding_free("auto", lengths, on_gpu, batch_tokens=4096) is wanted
     assert wants_padding_free("auto", lengths, on_gpu, batch_tokens=0) is False  # no token budget: no growth to win
     assert wants_padding_free(True, [512], False, 0) and not wants_padding_free(False, lengths, True, 4096)
-    with pytest.raises(PipelineError, match="train.padding_free is 'yes'"):
-        wants_padding_free("yes", lengths, on_gpu, 4096)
+
+
+def test_the_cpu_plan_is_the_tasks_own_step(tokenizer):
+    """No model needed: a config and counts. On CPU the task's batch and rate, padded, nothing else switched on."""
+    from transformers import LlamaConfig
+
+    task_train, train = settings()
+    plan = plan_step(task_train, train, [15] * 3600, 4, ModelSize(LlamaConfig(), 7 * LARGE_MODEL, 40_000_000),
+                     Device(on_gpu=False))
+    assert (plan.batch, plan.batch_per_process, plan.accumulation) == (task_train.batch_size, task_train.batch_size, 1)
+    assert plan.learning_rate == task_train.learning_rate and plan.memory is None
+    assert not (plan.padding_free or plan.gradient_checkpointing or plan.compile)
+    assert plan.describe() == (f"plan: {task_train.batch_size} examples an update; learning rate "
+                               f"{task_train.learning_rate:.3g}; padded batches; activation checkpointing off; not compiled")
+
+
+def test_a_gpu_plan_grows_packs_scales_compiles_and_checks_the_memory():
+    """A 7B shape's Instacart epoch on a GPU with 80 GiB free, shared by 2 processes: the batch grows to the token
+    budget at the mean length (packed: the longest is 3x the mean), the rate by the square root of the growth."""
+    from transformers import LlamaConfig
+
+    task_train, train = settings(gpu_batch_tokens=8192, gpu_min_steps=100)
+    lengths = [15] * 30_000 + [45]
+    plan = plan_step(task_train, train, lengths, 4, ModelSize(LlamaConfig(), 7 * LARGE_MODEL, 40_000_000),
+                     Device(on_gpu=True, processes=2, free_bytes=80 * GIB))
+    assert plan.padding_free and plan.compile and plan.memory is not None
+    assert plan.batch == 300 and plan.batch_per_process == 150 and plan.accumulation == 1  # 30,001 / 100 steps
+    assert plan.learning_rate == pytest.approx(task_train.learning_rate * (300 / task_train.batch_size) ** 0.5)
+    assert not plan.gradient_checkpointing  # 150 x 15 x 1.25 tokens a process: a few GiB of activations
+    assert "grown from the task's 16 on the GPU" in plan.describe() and "2 processes x 150 x 1 steps" in plan.describe()
+    low = plan_step(task_train, params.replace(train, gradient_checkpointing=True), lengths, 4,
+                    ModelSize(LlamaConfig(), 7 * LARGE_MODEL, 40_000_000), Device(True, 1, 80 * GIB))
+    assert low.gradient_checkpointing and low.batch == task_train.batch_size * task_train.max_length // 15
 
 
 @pytest.mark.parametrize("arch", ["llama", "falcon"])
@@ -189,17 +217,19 @@ def test_an_adapter_trains_alone_and_frozen_weights_keep_their_dtype():
 
 def test_train_result_counts_a_4bit_model_at_its_dense_size(tmp_path, tokenizer):
     """metrics/train.json's total_parameters: the dense base plus the adapter, whether the base is 4-bit or not."""
+    from finetune import kinds
     from finetune.model import base_model
-    from finetune.train.training import encode_split, train_model
+    from finetune.train.training import train_model
     from tests.conftest import tiny_llama
 
     tiny_llama(vocab_size=len(tokenizer)).save_pretrained(tmp_path / "base")
     dense_size = parameter_count(tiny_llama(vocab_size=len(tokenizer)))
     task = params.read_task(name="instacart")
     task_train = params.replace(task.train, batch_size=2)
-    examples = encode_split(tokenizer, [{"id": str(i), "text": f"item {i}", "label": "snacks"} for i in range(2)], task)
+    examples = kinds.of(task).encode(tokenizer, [{"id": str(i), "text": f"item {i}", "label": "snacks"} for i in range(2)],
+                                    task)
     model = base_model.load_model(str(tmp_path / "base"), "main", base_model.quantization_config(True, "nf4", True))
-    _, result = train_model(model, tokenizer, examples, [], task_train, params.read("train"), params.read("lora"),
+    _, result, _ = train_model(model, tokenizer, examples, [], task_train, params.read("train"), params.read("lora"),
                               tmp_path / "work", callbacks=[])
     assert result.steps == 1 and result.trainable_parameters > 0
     assert result.total_parameters == dense_size + result.trainable_parameters
@@ -207,8 +237,6 @@ def test_train_result_counts_a_4bit_model_at_its_dense_size(tmp_path, tokenizer)
 
 
 def test_a_grown_batch_trains_at_the_square_root_of_its_growth_times_the_tasks_rate():
-    from finetune.train.training import scaled_learning_rate
-
     assert scaled_learning_rate(1e-3, 64, 16, "sqrt") == pytest.approx(2e-3)
     assert scaled_learning_rate(1e-3, 269, 16, "sqrt") == pytest.approx(1e-3 * (269 / 16) ** 0.5)
     assert scaled_learning_rate(1e-3, 16, 16, "sqrt") == 1e-3  # CPU, or a batch the GPU did not grow

@@ -29,18 +29,18 @@ def _range(field: Any) -> str:
 
 
 def _allowed(error: dict, root: type[BaseModel], variants: dict[str, type[BaseModel]]) -> str:
-    ctx, kind = error.get("ctx") or {}, error["type"]
-    if kind in BOUND_ERRORS:
+    ctx, error_type = error.get("ctx") or {}, error["type"]
+    if error_type in BOUND_ERRORS:
         loc = error["loc"]
         model = _model_at(root, variants, loc[:-1]) if not _is_union_member(loc[-1]) else None
         declared = _range(model.model_fields.get(loc[-1])) if model else ""
-        name = BOUND_ERRORS[kind]
+        name = BOUND_ERRORS[error_type]
         return declared or BOUNDS[name].format(ctx[name])
-    if kind == "too_short":
+    if error_type == "too_short":
         return "a non-empty list" if ctx["min_length"] == 1 else f"at least {ctx['min_length']} items"
-    if kind == "literal_error":
+    if error_type == "literal_error":
         return ctx["expected"]
-    return _ALLOWED.get(kind, error["msg"][0].lower() + error["msg"][1:])
+    return _ALLOWED.get(error_type, error["msg"][0].lower() + error["msg"][1:])
 
 
 def _is_union_member(part: Any) -> bool:
@@ -97,18 +97,18 @@ def error_line(e: ValidationError, where: str, root: type[BaseModel], variants: 
     first = _key(errors[0]["loc"], variants)
     group = [err for err in errors if _key(err["loc"], variants) == first]
     for err in group:
-        kind, loc = err["type"], err["loc"]
-        if kind == "missing":
+        error_type, loc = err["type"], err["loc"]
+        if error_type == "missing":
             return f"{where}: missing key {first}"
-        if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+        if error_type in ("extra_forbidden", "unexpected_keyword_argument"):
             model = _model_at(root, variants, loc[:-1])
             known = f"; known keys: {', '.join(model.model_fields)}" if model else ""
             return f"{where}: unknown key {first}{known}"
-        if kind == "union_tag_invalid":
+        if error_type == "union_tag_invalid":
             return f"{where}: {first}.kind is {err['ctx']['tag']!r}; use one of {', '.join(variants)}"
-        if kind == "union_tag_not_found":
+        if error_type == "union_tag_not_found":
             return f"{where}: missing key {first}.kind ({', '.join(variants)})"
-        if kind == "value_error":
+        if error_type == "value_error":
             message = err["msg"].removeprefix("Value error, ")
             if isinstance(err["input"], dict):  # a check across keys: the message names them
                 return f"{where}: {first + ': ' if first else ''}{message}"

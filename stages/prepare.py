@@ -32,8 +32,7 @@ def main() -> None:
     write_jsonl(args.examples, examples.to_dict("records"))
     write_json(args.counts, summary)
     write_csv(args.class_counts, pd.DataFrame({"label": list(counts), "examples": list(counts.values())}))
-    print(f"prepare: {summary['examples']} examples for task {task.name} "
-          f"({summary['duplicates_removed']} duplicates removed)")
+    print(f"prepare: task {task.name}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in summary.items()))
 
 
 if __name__ == "__main__":

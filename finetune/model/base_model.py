@@ -129,8 +129,8 @@ def key_value_heads_repeated(model):
 
     Falcon-7B hands SDPA 71 query heads, one key/value head and a mask it always builds. Neither the
     flash nor the memory-efficient kernel takes heads that differ, so PyTorch falls back to its math
-    kernel, in fp32 with the whole score matrix in memory: on an H100 that was a third of a QLoRA
-    step at 512 tokens. With the key and value repeated (2 x 64 values per token and head, no
+    kernel, in fp32 with the whole score matrix in memory, a large share of a QLoRA step at 512
+    tokens. With the key and value repeated (2 x 64 values per token and head, no
     weights), the memory-efficient kernel computes the same attention. Meant for training: a cache
     would hold 71 copies, so the model builds none inside the block (the Trainer's validation pass
     would), and the layers are as loaded again on leaving. Yields how many layers it changed (0 for
@@ -196,10 +196,9 @@ def dense_copy(model, limit_gib: float | None = None):
     bitsandbytes' fused 4-bit kernel serves one token at a time (generation on a GPU); for anything
     larger, a training step or a batch of prompts, it dequantizes every weight at every use (twice per
     training step) and calls the ordinary matmul on the result, from a Python autograd function per
-    layer. Doing the dequantization once gives the same numbers and leaves only the matmuls. On CPU
-    that is 1.26x the training speed (benchmarks/cpu_dense_training.py); on a GPU a small model's step
-    is bound by the CPU's dispatch, where the 4-bit layers' wrappers were a third of a SmolLM2 step's
-    CPU time (H200 profile, benchmarks/README.md). Skipped where the dense weights would pass
+    layer. Doing the dequantization once gives the same numbers and leaves only the matmuls: faster
+    training on CPU (benchmarks/cpu_dense_training.py), and on a GPU fewer of the Python calls a small
+    model's step waits on (benchmarks/README.md). Skipped where the dense weights would pass
     `limit_gib` (default: `dense_limit_gib`: 4 GiB on CPU, 1 GiB on a GPU), since saving that memory
     is what 4-bit is for: a 7B model keeps its 4-bit layers on a GPU.
     """
@@ -244,7 +243,7 @@ def _contiguous_head_input(model) -> None:
     """Make the output head's input contiguous.
 
     With `logits_to_keep` the head sees a strided slice of the hidden states, and PyTorch then
-    multiplies by a batch-expanded copy of the vocabulary matrix: 0.4 s a step on CPU instead of 0.02 s.
+    multiplies by a batch-expanded copy of the vocabulary matrix, many times slower on CPU.
     """
     head = model.get_output_embeddings()
     if head is not None:

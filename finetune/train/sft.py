@@ -114,8 +114,8 @@ class PipelineTrainer(GuardedTrainer):
 
     def floating_point_ops(self, inputs: dict) -> int:
         """The Trainer's FLOP count of a step (6 x tokens x non-embedding parameters), with the parameters counted
-        once: the Trainer counts them again every step, a walk over every module that cost a SmolLM2 step on the
-        H200 ~50 ms of CPU time, in a step bound by the CPU."""
+        once: the Trainer counts them again every step, a walk over every module, in a small model's step that
+        is bound by the CPU."""
         main_input = getattr(self.model, "main_input_name", "input_ids")
         if main_input not in inputs or not hasattr(self.model, "num_parameters"):
             return 0

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.predict_catalog import RESULTS, cpu_model
+from benchmarks.measure import RESULTS, cpu_model
 from finetune import provenance
 from finetune.data.sources import load_instacart
 

@@ -21,6 +21,7 @@ one, so a stalled machine can be told from a slow recipe.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import random
@@ -29,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.instacart_smollm2 import StepClock
+from benchmarks.measure import StepClock, patched
 from finetune import kinds, params
 from finetune.evaluate.scoring import label_scores, predict_by_scoring
 from finetune.files import read_jsonl
@@ -50,8 +51,11 @@ def unused_products() -> tuple[list[dict], list[dict]]:
     return unused[:HELDOUT], unused[HELDOUT:]
 
 
-def top_layers_only(k: int) -> None:
-    """LoRA on the last k decoder layers only: backward then stops k layers down."""
+def top_layers_only(k: int) -> contextlib.AbstractContextManager:
+    """A context in which LoRA goes on the last k decoder layers only: backward then stops k layers down.
+
+    The library has no param for PEFT's `layers_to_transform`, so `methods.lora_config` is swapped inside it.
+    """
     from peft import LoraConfig
 
     original = methods.lora_config
@@ -64,7 +68,7 @@ def top_layers_only(k: int) -> None:
                           use_dora=c.use_dora, use_rslora=c.use_rslora, init_lora_weights=c.init_lora_weights,
                           layers_to_transform=list(range(n - k, n)), layers_pattern="layers")
 
-    methods.lora_config = config
+    return patched(methods, "lora_config", config)
 
 
 def overrides(settings: list[str]) -> dict[str, dict]:
@@ -92,8 +96,6 @@ def run(args) -> None:
         task_train = params.replace(task_train, learning_rate=args.lr)
     prompt = params.replace(task.prompt, template=args.template.replace("\\n", "\n")) if args.template else task.prompt
     task = dataclasses.replace(task, prompt=prompt, train=task_train)
-    if args.top_layers:
-        top_layers_only(args.top_layers)
 
     heldout, pool = unused_products()
     train_rows = read_jsonl(DATA / "split" / "train.jsonl")
@@ -105,13 +107,14 @@ def run(args) -> None:
     encoded = {name: kinds.of(task).encode(tokenizer, rows, task)
                for name, rows in (("train", train_rows), ("validation", read_jsonl(DATA / "split" / "validation.jsonl")))}
     model = methods.load_base(model_p.name, model_p.revision, p["train"].method, quant, dense=False)
-    clock = StepClock(budget_s=None)
-    with tempfile.TemporaryDirectory() as work:
+    clock = StepClock()
+    top_layers = top_layers_only(args.top_layers) if args.top_layers else contextlib.nullcontext()
+    with tempfile.TemporaryDirectory() as work, top_layers:
         trained, result, _ = training.train_model(model, tokenizer, encoded["train"], encoded["validation"], task.train,
                                                p["train"], p["lora"], Path(work), callbacks=[clock],
                                                base_folder=model_p.name)
     model = trained.model
-    steps = [b - a for a, b in zip([0.0, *clock.ends], clock.ends)]
+    steps = clock.step_times()
     median = sorted(steps)[len(steps) // 2]
     start = time.perf_counter()
     prompts = [render_prompt(task.prompt.template, r["text"]) for r in heldout]

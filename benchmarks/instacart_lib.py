@@ -3,12 +3,12 @@
 Every call into `finetune` goes through a `lib_*` function here, so a change of the library's
 signatures is adapted in one place. Also the two steps that make a benchmark's inputs:
 `prepare` (here: the split stage's split with every cap 'all', and the classic baseline on it)
-and `export` (the GPU machine: the SmolLM2 GGUF as a Hugging Face folder).
+and `export` (the GPU machine: the SmolLM2 GGUF as a Hugging Face folder); and what is measured
+on the split's labels: accuracy, the seeds' pipeline loop, the loss against the plain path's.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
@@ -18,16 +18,14 @@ from pathlib import Path
 import torch
 
 DATA = Path(".bench/instacart_all")
+SEEDS_LENGTH = 512  # the seed notebooks padded every example to this many tokens
 
 # ---- The library, called only through these functions (its signatures may change: adapt here only) ----
 
 @functools.cache
 def lib_task():
-    """The instacart task entry of params.yaml (the embedded default), read once.
-
-    Reading it per prompt (lib_prompt) cost ~20 ms of YAML parsing an example on the H100 machine,
-    which capped label scoring at ~52 examples/s in this benchmark.
-    """
+    """The instacart task entry of params.yaml (the embedded default), read once: parsing the YAML for each
+    prompt (lib_prompt) was what capped label scoring's speed in this benchmark."""
     from finetune import params
 
     return params.read_task(name="instacart")
@@ -35,15 +33,14 @@ def lib_task():
 
 def lib_full_split(out: Path) -> dict[str, int]:
     """The prepare + split stages' examples and split with params.yaml, every cap 'all'."""
-    from finetune import files
-    from finetune.data import examples, sources, splits
+    from finetune import files, kinds
+    from finetune.data import sources, splits
 
     task = lib_task()
-    data, split = task.data, task.split
-    table, origin = sources.load_source(data.source)
-    rows, _ = examples.build_examples(table, origin, data.input_field, data.target_field, data.drop_labels)
-    parts = splits.split_examples(rows, split.validation_fraction, split.test_fraction,
-                                  {name: None for name in splits.SPLITS}, split.seed)
+    kind = kinds.of(task)
+    table, origin = sources.load_source(task.data.source)
+    rows, _ = kind.examples(table, origin, task.data)
+    parts, _ = kind.split(rows, task.split, {name: None for name in splits.SPLITS})
     for name, frame in parts.items():
         files.write_jsonl(out / f"{name}.jsonl", frame.to_dict("records"))
     return {name: len(frame) for name, frame in parts.items()}
@@ -85,30 +82,6 @@ def lib_load(model_dir: str, adapter: str | None = None, dense: bool | None = No
     dense = adapter is not None if dense is None else dense
     model = methods.load_base(model_dir, "main", "qlora", params.read("quantization"), dense=dense)
     return adapters.load_adapter(model, adapter) if adapter else model
-
-
-@contextlib.contextmanager
-def lib_four_bit_layers(kept: bool):
-    """If `kept`, a GPU keeps a small base's 4-bit layers (as before `base_model.dense_copy` held it dense there)."""
-    from benchmarks.measure import restored  # measure imports this module
-    from finetune.model import base_model
-
-    with restored(base_model, "GPU_DENSE_LIMIT_GIB"):
-        if kept:
-            base_model.GPU_DENSE_LIMIT_GIB = 0.0
-        yield
-
-
-@contextlib.contextmanager
-def lib_lora_inputs_cast(kept: bool):
-    """If `kept`, PEFT casts each LoRA input to fp32 under autocast (as before `training.lora_inputs_uncast`)."""
-    from benchmarks.measure import restored
-    from finetune.train import training
-
-    with restored(training, "lora_inputs_uncast"):
-        if kept:
-            training.lora_inputs_uncast = lambda model, autocast: contextlib.nullcontext()
-        yield
 
 
 def lib_encode(tokenizer, rows: list[dict]) -> list[dict]:
@@ -164,6 +137,64 @@ def read_split(name: str, limit: int | None) -> list[dict]:
     rows = [json.loads(line) for line in (DATA / f"{name}.jsonl").read_text(encoding="utf-8").splitlines() if line]
     return rows[:limit] if limit else rows
 
+
+# ---- What is measured on the split's labels ----
+
+def accuracy(actual: list[str], predicted: list[str]) -> dict:
+    n = len(actual)
+    return {"examples": n, "accuracy": round(sum(a == p for a, p in zip(actual, predicted)) / n, 4),
+            "no_label_rate": round(sum(p == NO_LABEL for p in predicted) / n, 4)}
+
+
+def pipeline_predict(model, tokenizer, texts: list[str], labels: list[str]) -> list[str]:
+    """The seeds' evaluation: pipeline("text-generation"), one example at a time, greedy, exact match."""
+    from transformers import pipeline
+
+    pipe = pipeline("text-generation", model=model, tokenizer=tokenizer)
+    kwargs = dict(max_new_tokens=8, do_sample=False, return_full_text=False, use_cache=True,
+                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model.eval()
+    answers = [pipe(lib_prompt(t), **kwargs)[0]["generated_text"] for t in texts]
+    return lib_match(answers, labels)
+
+
+def warm_pipeline(model, tokenizer, texts, labels) -> None:
+    pipeline_predict(model, tokenizer, texts[:2], labels)
+
+
+@torch.no_grad()
+def loss_check(model, tokenizer, encoded: list[dict], batches: int, size: int) -> dict:
+    """The project's loss (left-padded per batch, answer-only logits) against the plain path on the same
+    batches: every logit of the same batch, and each example right-padded to 512 (as the seeds padded)."""
+    dev = next(model.parameters()).device
+    model.eval()
+    rows = []
+    for b in range(min(batches, len(encoded) // size)):
+        features = encoded[b * size:(b + 1) * size]
+        fast = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in lib_collate(tokenizer, features).items()}
+        width = fast["input_ids"].shape[1]
+        full_labels = torch.full((len(features), width), -100, dtype=torch.long)
+        for i, f in enumerate(features):
+            full_labels[i, width - len(f["labels"]):] = torch.tensor(f["labels"])
+        padded = torch.full((len(features), SEEDS_LENGTH), tokenizer.pad_token_id, dtype=torch.long)
+        padded_mask = torch.zeros_like(padded)
+        padded_labels = torch.full_like(padded, -100)
+        for i, f in enumerate(features):
+            n = len(f["input_ids"])
+            padded[i, :n], padded_mask[i, :n], padded_labels[i, :n] = (torch.tensor(f["input_ids"]), 1,
+                                                                        torch.tensor(f["labels"]))
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            project = model(**fast).loss
+            plain = model(input_ids=fast["input_ids"], attention_mask=fast["attention_mask"],
+                          position_ids=fast["position_ids"], labels=full_labels.to(dev)).loss
+            pad512 = model(input_ids=padded.to(dev), attention_mask=padded_mask.to(dev), labels=padded_labels.to(dev)).loss
+        rows.append([round(float(x), 5) for x in (project, plain, pad512)])
+    diff = max(max(abs(r[0] - r[1]), abs(r[0] - r[2])) for r in rows)
+    return {"batches": rows, "columns": ["project", "same batch, all logits", "each padded to 512"],
+            "max_abs_diff": round(diff, 5)}
+
+
+# ---- The benchmark's inputs ----
 
 def export(gguf: str, dest: str) -> None:
     """finetune.model.embedded.export_embedded, for a GGUF at any path (the library's reads the installed package)."""

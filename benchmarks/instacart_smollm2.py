@@ -36,11 +36,11 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from benchmarks.instacart_lib import (DATA, export, lib_encode, lib_four_bit_layers, lib_label_predict, lib_load,
-                                      lib_lora_inputs_cast, lib_metrics, lib_prompt, lib_tokenizer, lib_train, prepare,
-                                      read_split)
-from benchmarks.measure import (MATMUL_CEILING_TFLOPS, SEEDS_LENGTH, accuracy, free, loss_check, mfu, peak_gib,
-                                pipeline_predict, reset_peak, sync, timed_predict, warm_pipeline)
+from benchmarks.instacart_lib import (DATA, SEEDS_LENGTH, accuracy, export, lib_encode, lib_label_predict, lib_load,
+                                      lib_metrics, lib_prompt, lib_tokenizer, lib_train, loss_check, pipeline_predict,
+                                      prepare, read_split, warm_pipeline)
+from benchmarks.measure import (MATMUL_CEILING_TFLOPS, StepClock, free, mfu, peak_gib, reset_peak, sync,
+                                timed_predict)
 from benchmarks.seeds_stack import seeds_model
 
 SEEDS_LR = 2e-4
@@ -55,11 +55,8 @@ def project_case(out: dict, save, model_dir: str, data: dict, overrides: dict, e
     tokenizer = lib_tokenizer(model_dir)
     train = lib_encode(tokenizer, data["train"])
     validation = lib_encode(tokenizer, data["validation"]) if evaluate else []
-    overrides = dict(overrides)
-    with lib_four_bit_layers(overrides.pop(FOUR_BIT_LAYERS, False)), lib_lora_inputs_cast(overrides.pop(CAST_LORA_INPUTS,
-                                                                                                       False)):
-        model = lib_load(model_dir)
-        peft_model, result, train_p = lib_train(model, tokenizer, train, validation, overrides, work)
+    model = lib_load(model_dir)
+    peft_model, result, train_p = lib_train(model, tokenizer, train, validation, overrides, work)
     answer_tokens = sum(sum(1 for x in ex["labels"] if x != -100) for ex in train)
     out.update({"train_params": train_p, "train": result,
            "train_examples": len(train), "step_s": round(result["runtime_s"] / result["steps"], 4),
@@ -105,22 +102,6 @@ def evaluate_case(model_dir: str, adapter: str, subset: list[int], limit_test: i
     out.write_text(json.dumps(result))
 
 
-class StepClock(TrainerCallback):
-    """Step end times, and a stop once `budget_s` has passed (the epoch's time is then extrapolated)."""
-
-    def __init__(self, budget_s: float | None):
-        self.budget_s, self.start, self.ends = budget_s, 0.0, []
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        sync()
-        self.start, self.ends = time.perf_counter(), []
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.ends.append(time.perf_counter() - self.start)
-        if self.budget_s and self.ends[-1] > self.budget_s:
-            control.should_training_stop = True
-
-
 def seeds_encode(tokenizer, rows: list[dict]) -> list[dict]:
     """SFT on a text field: "prompt answer<eos>" padded to 512, labels = the ids with padding masked."""
     texts = [f"{lib_prompt(r['text'])} {r['label']}{tokenizer.eos_token}" for r in rows]
@@ -147,7 +128,7 @@ def seeds_case(out: dict, save, model_dir: str, data: dict, batch: int, budget_s
         lr_scheduler_type="constant", max_grad_norm=0.3, optim="paged_adamw_8bit" if on_gpu else "adamw_torch",
         bf16=on_gpu, logging_steps=50, save_strategy="no", report_to=[], seed=42, remove_unused_columns=False,
         dataloader_pin_memory=on_gpu, disable_tqdm=True)
-    clock = StepClock(budget_s)
+    clock = StepClock(budget_s=budget_s)  # past the budget, the epoch's time is extrapolated
     trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=default_data_collator, callbacks=[clock])
     reset_peak()
     sync()
@@ -191,19 +172,14 @@ def seeds_model_cpu(model_dir: str):
                                             task_type="CAUSAL_LM"))
 
 
-FOUR_BIT_LAYERS = "four_bit_layers"  # a case key that is not a param: keep the 4-bit layers (lib_four_bit_layers)
-CAST_LORA_INPUTS = "cast_lora_inputs"  # nor this: PEFT casts LoRA inputs to fp32 under autocast (lib_lora_inputs_cast)
-
 PROJECT_CASES = {  # name -> (train param overrides on top of params.yaml, evaluate too); probes time a tenth of an epoch
     "project": ({}, True),
-    "project-4bit-layers": ({FOUR_BIT_LAYERS: True}, True),
-    "project-cast-lora-inputs": ({CAST_LORA_INPUTS: True}, True),  # the code before 2026-12-03's sixth session
-    # before train.gpu_lr_scaling (the task's rate as it is) and gpu_min_steps 100: 169 products a step, 201 steps
+    # without train.gpu_lr_scaling (the task's rate as it is), and at 100 or 140 steps
     "project-200-steps": ({"gpu_min_steps": 200, "gpu_lr_scaling": "none"}, True),
     "project-lr2e-3": ({"gpu_min_steps": 200, "gpu_lr_scaling": "none", "learning_rate": 0.002}, True),
     "project-lr3e-3": ({"gpu_min_steps": 200, "gpu_lr_scaling": "none", "learning_rate": 0.003}, True),
     "project-100-steps-lr3e-3": ({"gpu_min_steps": 100, "gpu_lr_scaling": "none", "learning_rate": 0.003}, True),
-    "project-4k": ({"gpu_batch_tokens": 4096}, True),  # the budget of the second session's 0.8164
+    "project-4k": ({"gpu_batch_tokens": 4096}, True),  # half the token budget
     "project-140-steps": ({"gpu_min_steps": 140}, True),
     "project-140-steps-lr3e-3": ({"gpu_min_steps": 140, "gpu_lr_scaling": "none", "learning_rate": 0.003}, True),
     "project-padded": ({"padding_free": False}, True),

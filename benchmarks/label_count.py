@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.predict_catalog import RESULTS, cpu_model, run_predict
+from benchmarks.catalog import run_predict
+from benchmarks.measure import RESULTS, cpu_model
 from finetune import provenance
 from finetune.data.sources import load_instacart
 from finetune.files import read_json, write_json

@@ -1,7 +1,7 @@
 """Evaluate-stage label scoring throughput by batch size, on the full Instacart test split (SmolLM2-135M, NF4).
 
 The base is loaded as the evaluate stage loads it (`--layers dense`: a small NF4 model dequantized once,
-`finetune.model.base_model.dense_copy`), and with its 4-bit layers kept (`--layers 4bit`, as before a GPU held it dense).
+`finetune.model.base_model.dense_copy`), and with its 4-bit layers kept (`--layers 4bit`: loaded with `dense=False`).
 
 Label scoring's speed does not depend on the adapter's values, so a fresh LoRA adapter (zero
 update, as PEFT initialises it) stands in for a trained one; the predictions are checked to be
@@ -20,8 +20,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.instacart_lib import (DATA, lib_four_bit_layers, lib_load, lib_prompt, lib_task, lib_tokenizer,
-                                      read_split)
+from benchmarks.instacart_lib import DATA, lib_load, lib_prompt, lib_task, lib_tokenizer, read_split
 from benchmarks.measure import free, peak_gib, reset_peak, sync
 from finetune import params
 from finetune.evaluate import scoring
@@ -46,8 +45,7 @@ def main() -> None:
     answer_prefix = lib_task().prompt.answer_prefix
     rows = []
     for layers in args.layers:
-        with lib_four_bit_layers(layers == "4bit"):
-            model = lib_load(args.model, dense=True)
+        model = lib_load(args.model, dense=layers == "dense")
         lora = params.replace(params.read("lora"), r=16, alpha=32, target_modules="all-linear")
         model = get_peft_model(model, lora_config(model, lora))
         scoring.label_scores(model, tokenizer, prompts[:256], labels, answer_prefix, 64)  # warm-up

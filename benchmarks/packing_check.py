@@ -55,14 +55,16 @@ def packing_check(folder: Path, examples: list[dict], n: int = 64) -> dict:
             grads[name] = torch.cat([p.grad.float().flatten() for p in weights if p.grad is not None])
             trained.model.zero_grad(set_to_none=True)
 
-    def gradient_difference(name: str) -> float:
-        return round(float((grads[name] - grads["padded"]).norm() / grads["padded"].norm()), 6)
-
     out = {"examples": n, **{k: round(v, 5) for k, v in losses.items()},
            "relative_difference": round(abs(losses["packed"] - losses["padded"]) / losses["padded"], 6),
-           "gradient_relative_difference": gradient_difference("packed"),
+           "gradient_relative_difference": gradient_difference(grads["packed"], grads["padded"]),
            "masked_relative_difference": round(abs(losses["packed_masked"] - losses["padded"]) / losses["padded"], 6),
-           "masked_gradient_relative_difference": gradient_difference("packed_masked")}
+           "masked_gradient_relative_difference": gradient_difference(grads["packed_masked"], grads["padded"])}
     del trained, model, grads
     free()
     return out
+
+
+def gradient_difference(gradient: torch.Tensor, padded: torch.Tensor) -> float:
+    """How far a gradient is from the padded batch's, relative to the padded one's norm."""
+    return round(float((gradient - padded).norm() / padded.norm()), 6)

@@ -33,12 +33,11 @@ import argparse
 import datetime
 import importlib.metadata
 import json
-import time
 from pathlib import Path
 
 import torch
 
-from benchmarks.measure import MATMUL_CEILING_TFLOPS, figures, free, mfu, restored
+from benchmarks.measure import MATMUL_CEILING_TFLOPS, StepClock, figures, free, mfu
 from benchmarks.packing_check import packing_check
 from benchmarks.seeds_stack import seeds_measure, seeds_model
 from benchmarks.workloads import SEQUENCE, describe, profile, stand_in_tokenizer, workload
@@ -63,35 +62,6 @@ def build_checkpoint(shape: str, folder: Path) -> int:
         del model
         free()
     return n_params
-
-
-class StepClock:
-    """A Trainer callback: times the steps after `warmup`, stops after `warmup + steps`."""
-
-    def __init__(self, warmup: int, steps: int):
-        from transformers import TrainerCallback
-
-        clock = self
-
-        class Callback(TrainerCallback):
-            def on_train_begin(self, args, state, control, **kwargs):
-                clock.begin = time.perf_counter()
-
-            def on_step_end(self, args, state, control, **kwargs):
-                torch.cuda.synchronize()
-                clock.ends.append(time.perf_counter())
-                if len(clock.ends) >= warmup + steps:
-                    control.should_training_stop = True
-
-        self.callback, self.ends, self.warmup, self.begin = Callback(), [], warmup, 0.0
-
-    def warmup_s(self) -> float:
-        """Seconds from the start of training to the end of the warm-up steps (compilation included)."""
-        return round(self.ends[self.warmup - 1] - self.begin, 1)
-
-    def window(self) -> tuple[float, int]:
-        """Seconds and step count from the end of the last warm-up step to the end of the last step."""
-        return self.ends[-1] - self.ends[self.warmup - 1], len(self.ends) - self.warmup
 
 
 def profile_callback(profile_to: Path, warmup: int, steps: int):
@@ -131,7 +101,6 @@ PATH_TRAIN = {  # train settings each project path changes from params.yaml
     "project-eager": {"compile": False},
     "project-low-memory": {"gradient_checkpointing": True},
     "project-padded": {"padding_free": False},
-    "project-masked": {},  # packed rows through SDPA with their mask: flash varlen declined (the code before it)
     "project-4k": {"gpu_batch_tokens": 4096},  # the default until 2026-12-03
     "project-8k": {"gpu_batch_tokens": 8192},
 }
@@ -145,7 +114,6 @@ def project_measure(folder: Path, examples: list[dict], steps: int, warmup: int,
     from finetune import params
     from finetune.model import base_model
     from finetune.param_schemas import TaskTrainParams
-    from finetune.train import training
     from finetune.train.training import train_model
 
     # A fresh base model per workload, as train_qlora loads one: train_model freezes and wraps it.
@@ -153,31 +121,21 @@ def project_measure(folder: Path, examples: list[dict], steps: int, warmup: int,
     real_tokens = []  # per forward call: the Trainer feeds the model the collator's batches
     model.register_forward_pre_hook(lambda module, args, kwargs: real_tokens.append(counted_tokens(kwargs)),
                                     with_kwargs=True)
-    clock = StepClock(warmup, steps)
+    clock = StepClock(warmup=warmup, steps=steps)
     task_train = TaskTrainParams(epochs=1, batch_size=8, learning_rate=2e-4, max_length=SEQUENCE)
     lora = params.replace(params.read("lora"), r=16, alpha=32)
     train_p = params.replace(params.read("train"), **PATH_TRAIN[path])
-    callbacks = [clock.callback] + ([profile_callback(profile_to, warmup, steps)] if profile_to else [])
-    varlen_calls = []
-    kernel = training.flash_over_examples
-
-    def counted_kernel(*args):  # how many attention calls flash varlen served (project-masked: none, SDPA serves)
-        out = None if path == "project-masked" else kernel(*args)
-        varlen_calls.append(out is not None)
-        return out
-
-    with tempfile.TemporaryDirectory() as work, restored(training, "flash_over_examples"):
-        training.flash_over_examples = counted_kernel
-        trained, result, timings = train_model(model, stand_in_tokenizer(), examples, [], task_train, train_p, lora, Path(work),
-                                      callbacks=callbacks)
+    callbacks = [clock] + ([profile_callback(profile_to, warmup, steps)] if profile_to else [])
+    with tempfile.TemporaryDirectory() as work:
+        trained, result, timings = train_model(model, stand_in_tokenizer(), examples, [], task_train, train_p, lora,
+                                               Path(work), callbacks=callbacks)
         peft_model = trained.model
     seconds, timed = clock.window()
     tokens = sum(real_tokens[warmup:warmup + timed])
     out = figures(result.batch_size, seconds, timed, tokens, None, result.gradient_checkpointing,
                   loss=result.final_loss, peak_gib=timings.peak_memory_gib)
-    out.update(compiled=result.compiled, padding_free=result.padding_free, varlen_attention_calls=sum(varlen_calls),
-               masked_attention_calls=len(varlen_calls) - sum(varlen_calls), warmup_steps=warmup, warmup_s=clock.warmup_s(),
-               step_times=[round(b - a, 3) for a, b in zip(clock.ends, clock.ends[1:])])
+    out.update(compiled=result.compiled, padding_free=result.padding_free, warmup_steps=warmup,
+               warmup_s=clock.warmup_s(), step_times=[round(b - a, 3) for a, b in zip(clock.ends, clock.ends[1:])])
     del peft_model, model
     free()
     return out
@@ -268,8 +226,8 @@ def main() -> None:
     p.add_argument("--workloads", nargs="+", default=["instacart", "dialogue", "full512"])
     p.add_argument("--paths", nargs="+", default=["seeds", "project"], choices=["seeds", *PATH_TRAIN],
                    help="project-eager: train.compile off; project-low-memory: train.gradient_checkpointing true; "
-                        "project-padded: train.padding_free false; project-masked: packed rows through SDPA and their "
-                        "mask, not flash varlen; project-4k / project-8k: train.gpu_batch_tokens 4096 / 8192")
+                        "project-padded: train.padding_free false; "
+                        "project-4k / project-8k: train.gpu_batch_tokens 4096 / 8192")
     p.add_argument("--packing-check", action="store_true",
                    help="the loss of the same examples packed and padded, on the model in 4-bit (bf16 compute)")
     p.add_argument("--profile", action="store_true", help="write a torch.profiler table of 3 timed project steps")

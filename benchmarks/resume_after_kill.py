@@ -16,6 +16,7 @@ timed until the stage has exited with its checkpoint written; then the workspace
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import hashlib
 import json
@@ -29,10 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.predict_catalog import cpu_model
+from benchmarks.measure import RESULTS, cpu_model
 from finetune import params, provenance
 
-RESULTS = Path(__file__).parent / "results"
 EPOCHS = Path("models/checkpoints/live/plots/metrics/epoch.tsv")  # the Trainer logs its epoch, a fraction
 
 
@@ -128,7 +128,9 @@ def header(name: str) -> dict:
 
 
 def main() -> None:
-    if "--sigterm" in sys.argv[1:]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sigterm", action="store_true", help="only: how long SIGTERM takes to a checkpoint and exit")
+    if parser.parse_args().sigterm:
         write({**header("sigterm_to_exit"), **sigterm_to_exit(planned_steps())})
         return
     dvc("repro", "split")

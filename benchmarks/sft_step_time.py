@@ -19,12 +19,12 @@ import json
 import platform
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainingArguments
 
+from benchmarks.measure import StepClock
 from finetune import kinds, params
 from finetune.files import read_jsonl
 from finetune.model import base_model, methods
@@ -33,14 +33,6 @@ from finetune.train.sft import build_trainer
 from finetune.train.training import step_plan
 
 WARMUP = 3  # steps of each round not counted (allocation, first-batch costs)
-
-
-class Clock(TrainerCallback):
-    def __init__(self):
-        self.ends: list[float] = []
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.ends.append(time.perf_counter())
 
 
 def one_round(case: str, examples: list[dict], tokenizer, steps: int) -> tuple[list[float], list[float]]:
@@ -53,7 +45,7 @@ def one_round(case: str, examples: list[dict], tokenizer, steps: int) -> tuple[l
     trained = methods.trainable(model, "qlora", lora, False, name)
     rows = examples[: steps * task.train.batch_size]
     with tempfile.TemporaryDirectory() as work:
-        clock = Clock()
+        clock = StepClock()
         plan = step_plan(trained.model, rows, task.train, train_p, lora)
         trainer = build_trainer(trained, tokenizer, rows, [], plan, train_p, lora, task.train.epochs, Path(work), [clock])
         if case == "plain":
@@ -62,10 +54,8 @@ def one_round(case: str, examples: list[dict], tokenizer, steps: int) -> tuple[l
                                         and k != "logging_dir"} | {"output_dir": work})
             trainer = Trainer(model=trained.model, args=args, train_dataset=rows, callbacks=[clock],
                               data_collator=AnswerOnlyCollator(tokenizer.pad_token_id))
-        start = time.perf_counter()
         trainer.train()
-    times = [b - a for a, b in zip([start, *clock.ends], clock.ends)]
-    return times[WARMUP:], [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return clock.step_times()[WARMUP:], [h["loss"] for h in trainer.state.log_history if "loss" in h]
 
 
 def main() -> None:

@@ -10,6 +10,11 @@ LoRA r=16 alpha=32 on all linear layers, sequence at most 512.
            `finetune.model.base_model.load_model`, params.yaml's lora and train sections (the batch grows to
            `train.gpu_batch_tokens`, checkpointing by size), dynamic padding with length-grouped
            batches, loss on the answers only. The Trainer is stopped after the timed steps.
+           `project-liger*`: the same with Liger Kernel's fused RMSNorm, SwiGLU, RoPE and linear cross-entropy
+           on the model (Llama only), applied through Liger's own API before training.
+- unsloth: Unsloth's `FastLanguageModel` on the same checkpoint (`benchmarks/unsloth_path.py`), in its own
+           environment; `unsloth-offload`: with its offloaded activation checkpointing. Batches from
+           `--unsloth-batches`.
 
 Workloads (`benchmarks/workloads.py`; the token ids are random, the lengths and answer positions real):
 
@@ -40,9 +45,10 @@ import torch
 from benchmarks.measure import MATMUL_CEILING_TFLOPS, StepClock, figures, free, mfu
 from benchmarks.packing_check import packing_check
 from benchmarks.seeds_stack import seeds_measure, seeds_model
+from benchmarks.unsloth_path import unsloth_measure
 from benchmarks.workloads import SEQUENCE, describe, profile, stand_in_tokenizer, workload
 
-LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")
+LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "trl")
 
 
 # ---------------------------------------------------------------- models (on the GPU machine)
@@ -101,9 +107,20 @@ PATH_TRAIN = {  # train settings each project path changes from params.yaml
     "project-eager": {"compile": False},
     "project-low-memory": {"gradient_checkpointing": True},
     "project-padded": {"padding_free": False},
-    "project-4k": {"gpu_batch_tokens": 4096},  # the default until 2026-12-03
+    "project-4k": {"gpu_batch_tokens": 4096},
     "project-8k": {"gpu_batch_tokens": 8192},
+    "project-liger": {},
+    "project-liger-low-memory": {"gradient_checkpointing": True},
 }
+UNSLOTH_PATHS = {"unsloth": False, "unsloth-offload": True}  # path -> Unsloth's offloaded checkpointing
+
+
+def with_liger(model) -> None:
+    """Liger Kernel's fused layers on a loaded Llama (its RMSNorm, SwiGLU, RoPE, and the fused linear cross-entropy
+    that never holds the logits), through Liger's API for a model already loaded."""
+    from liger_kernel.transformers import apply_liger_kernel_to_llama
+
+    apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, fused_linear_cross_entropy=True, model=model)
 
 
 def project_measure(folder: Path, examples: list[dict], steps: int, warmup: int, path: str = "project",
@@ -118,6 +135,8 @@ def project_measure(folder: Path, examples: list[dict], steps: int, warmup: int,
 
     # A fresh base model per workload, as train_qlora loads one: train_model freezes and wraps it.
     model = base_model.load_model(str(folder), "main", base_model.quantization_config(True, "nf4", True))
+    if "-liger" in path:
+        with_liger(model)
     real_tokens = []  # per forward call: the Trainer feeds the model the collator's batches
     model.register_forward_pre_hook(lambda module, args, kwargs: real_tokens.append(counted_tokens(kwargs)),
                                     with_kwargs=True)
@@ -142,7 +161,12 @@ def project_measure(folder: Path, examples: list[dict], steps: int, warmup: int,
 
 
 def run(args) -> None:
-    versions = {name: importlib.metadata.version(name) for name in LIBRARIES}
+    versions = {}
+    for name in (*LIBRARIES, "liger-kernel"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:  # Liger travels only where its paths are measured
+            pass
     profiles = json.loads(Path(args.profiles).read_text())
     rows, checks = [], []
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H%M%SZ")
@@ -194,6 +218,17 @@ def run(args) -> None:
                     print(json.dumps(rows[-1]), flush=True)
                     save()
                     free()
+        for path in [p for p in args.paths if p in UNSLOTH_PATHS]:
+            for name in args.workloads:
+                for batch in args.unsloth_batches.get(name, [16]):
+                    try:
+                        record(unsloth_measure(folder, data[name], batch, args.steps, args.warmup,
+                                               UNSLOTH_PATHS[path]), path, name)
+                    except Exception as error:  # out of memory at a batch, say: the next batch still runs
+                        rows.append({"model": shape, "path": path, "workload": name, "batch": batch,
+                                     "error": repr(error)[-800:]})
+                        print(json.dumps(rows[-1]), flush=True)
+                        save()
         if args.packing_check:
             checks.append({"model": shape, **packing_check(folder, data["instacart"] if "instacart" in data
                                                           else next(iter(data.values())))})
@@ -224,10 +259,13 @@ def main() -> None:
     p = sub.add_parser("run", help="measure (on the GPU machine)")
     p.add_argument("--models", nargs="+", default=["llama-7b", "falcon-7b"])
     p.add_argument("--workloads", nargs="+", default=["instacart", "dialogue", "full512"])
-    p.add_argument("--paths", nargs="+", default=["seeds", "project"], choices=["seeds", *PATH_TRAIN],
+    p.add_argument("--paths", nargs="+", default=["seeds", "project"], choices=["seeds", *PATH_TRAIN, *UNSLOTH_PATHS],
                    help="project-eager: train.compile off; project-low-memory: train.gradient_checkpointing true; "
                         "project-padded: train.padding_free false; "
-                        "project-4k / project-8k: train.gpu_batch_tokens 4096 / 8192")
+                        "project-4k / project-8k: train.gpu_batch_tokens 4096 / 8192; project-liger*: with Liger "
+                        "Kernel's fused layers; unsloth, unsloth-offload: Unsloth (benchmarks/unsloth_path.py)")
+    p.add_argument("--unsloth-batches", type=json.loads, default={"full512": [16], "instacart": [256]},
+                   help='Unsloth\'s padded batches per workload, as JSON: {"full512": [16, 32]}')
     p.add_argument("--packing-check", action="store_true",
                    help="the loss of the same examples packed and padded, on the model in 4-bit (bf16 compute)")
     p.add_argument("--profile", action="store_true", help="write a torch.profiler table of 3 timed project steps")

@@ -161,8 +161,6 @@ def test_evaluation_batch_size_auto_is_64_on_cpu_and_512_on_a_gpu():
     assert params.evaluation_batch_size("auto", on_gpu=False) == 64
     assert params.evaluation_batch_size("auto", on_gpu=True) == 512
     assert params.evaluation_batch_size(12, on_gpu=True) == 12
-    with pytest.raises(PipelineError, match="evaluate.batch_size is 'big'"):
-        params.evaluation_batch_size("big", on_gpu=False)
 
 
 def test_a_bad_value_names_the_key_the_value_and_every_bound(tmp_path):

@@ -43,12 +43,6 @@ def _take(df: pd.DataFrame, size: float | int, seed: int) -> tuple[pd.DataFrame,
     return taken, rest
 
 
-def _check_fractions(validation_fraction: float, test_fraction: float) -> None:
-    if not (0 <= validation_fraction < 1 and 0 < test_fraction < 1 and validation_fraction + test_fraction < 1):
-        raise PipelineError(
-            "params.yaml: split.validation_fraction and split.test_fraction must be in [0, 1) with a sum below 1")
-
-
 def _finish(splits: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     """Rows in id order (so files do not depend on the shuffle), and no empty train or test split."""
     for name in SPLITS:
@@ -75,7 +69,6 @@ def split_examples(examples: pd.DataFrame, validation_fraction: float, test_frac
 
     The examples of `train_only_classes` all go to train, inside its cap; a cap too small to hold them is refused.
     """
-    _check_fractions(validation_fraction, test_fraction)
     keys = examples["text"].map(normalise_text)
     if keys.duplicated().any():
         raise PipelineError("examples contain a text twice; rerun the prepare stage, which removes duplicates")
@@ -114,7 +107,6 @@ def _train_only_cap(cap: int | None, n_train_only: int) -> int | None:
 def split_conversations(examples: pd.DataFrame, validation_fraction: float, test_fraction: float,
                         caps: dict[str, int | None], seed: int) -> dict[str, pd.DataFrame]:
     """Split whole groups (a conversation, or everything one persona said), shuffled by seed, then cap each split."""
-    _check_fractions(validation_fraction, test_fraction)
     groups = np.array(sorted(examples["group"].unique()))
     rng = np.random.default_rng(seed)
     rng.shuffle(groups)

@@ -29,8 +29,6 @@ def target_modules(model, spec: str | list[str]) -> list[str]:
     available = linear_layer_names(model)
     if spec == ALL_LINEAR:
         return available
-    if isinstance(spec, str):
-        raise PipelineError(f"params.yaml: lora.target_modules is '{spec}'; use '{ALL_LINEAR}' or a list of {available}")
     unknown = [name for name in spec if name not in available]
     if unknown:
         raise PipelineError(f"params.yaml: lora.target_modules names {unknown}, not in this model; choose from {available}")

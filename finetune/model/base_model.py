@@ -84,8 +84,6 @@ def quantization_config(load_in_4bit: bool, quant_type: str, double_quant: bool,
 
     if not load_in_4bit:
         return None
-    if quant_type not in ("nf4", "fp4"):
-        raise PipelineError(f"params.yaml: quantization.quant_type is '{quant_type}'; use nf4 or fp4")
     storage = {"bnb_4bit_quant_storage": compute_dtype()} if sharded else {}
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type, bnb_4bit_use_double_quant=double_quant,
                               bnb_4bit_compute_dtype=compute_dtype(), **storage)

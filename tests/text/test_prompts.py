@@ -1,6 +1,4 @@
-import pytest
 
-from finetune.errors import PipelineError
 from finetune.text.prompts import IGNORE_INDEX, answer_ids, encode_example, prompt_ids, render_prompt
 
 
@@ -25,8 +23,3 @@ def test_long_prompts_lose_their_start_never_the_answer(tokenizer):
     assert len(example["input_ids"]) == 16
     assert example["labels"][-len(answer) - 1:] == answer + [tokenizer.eos_token_id]
     assert example["input_ids"][-len(answer) - 2] == prompt_ids(tokenizer, prompt)[-1]
-
-
-def test_template_without_slot_is_a_clear_error():
-    with pytest.raises(PipelineError, match=r"\{text\}"):
-        render_prompt("Department:", "milk")

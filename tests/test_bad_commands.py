@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -141,16 +142,17 @@ def test_ctrl_c_during_predict_is_one_line_and_leaves_no_output(folders, tmp_pat
     no temporary one beside it."""
     work = tmp_path / "work"
     work.mkdir()
-    pd.DataFrame({"product": [f"Product number {i}" for i in range(20_000)]}).to_csv(work / "in.csv", index=False)
+    rows = 100_000  # far more than it predicts before the signal comes
+    pd.DataFrame({"product": [f"Product number {i}" for i in range(rows)]}).to_csv(work / "in.csv", index=False)
     proc = subprocess.Popen([str(FINETUNE), "predict", "in.csv", "out.jsonl", "--adapter", str(folders["classifier"]),
                              "--chunk-rows", "64", "--batch-size", "16"], cwd=work, stderr=subprocess.PIPE, text=True)
     seen: list[str] = []
     reader = threading.Thread(target=lambda: seen.extend(iter(lambda: proc.stderr.read(1), "")), daemon=True)
     reader.start()
     deadline = time.monotonic() + 120
-    while "predicting in.csv" not in "".join(seen) or "64/" not in "".join(seen):
+    while not any(int(done) > 0 for done in re.findall(rf"(\d+)/{rows}", "".join(seen))):  # rows predicted
         assert proc.poll() is None and time.monotonic() < deadline, "".join(seen)[-2000:]
-        time.sleep(0.05)
+        time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(60) == 130
     reader.join(10)

@@ -38,7 +38,7 @@ def profile(out: Path, instacart_split: Path) -> None:
     from finetune.model.embedded import EMBEDDED_DIR
     from finetune.text.chat import encode_conversation
 
-    tokenizer = base_model.load_tokenizer(EMBEDDED_DIR, "main")
+    tokenizer = base_model.load_tokenizer(str(EMBEDDED_DIR), "main")
     task = params.read_task("params.yaml", None, "instacart")
     instacart = kinds.of(task).encode(tokenizer, read_jsonl(instacart_split / "train.jsonl"), task)
     conversations, _ = dialogues.build_dialogues(sources.load_chitchat(), "chitchat", "chitchat", "", "", [], 0)

@@ -36,8 +36,7 @@ def chitchat_test_conversations(n: int):
     """The first `n` test prompts of the chitchat task as params.yaml defines it."""
     task = read_task(name="chitchat")
     table, origin = load_source(task.data.source)
-    examples, _ = build_dialogues(table, origin, task.data.format, task.data.input_field, task.data.target_field,
-                                  task.data.drop_labels, task.data.turns)
+    examples, _ = build_dialogues(table, origin, task.data)
     test = split_conversations(examples, task.split.validation_fraction, task.split.test_fraction,
                                {"train": None, "validation": None, "test": None}, task.split.seed)["test"]
     return test["messages"].tolist()[:n], task

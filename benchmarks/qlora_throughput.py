@@ -109,8 +109,9 @@ PATH_TRAIN = {  # train settings each project path changes from params.yaml
     "project-padded": {"padding_free": False},
     "project-4k": {"gpu_batch_tokens": 4096},
     "project-8k": {"gpu_batch_tokens": 8192},
-    "project-liger": {},
-    "project-liger-low-memory": {"gradient_checkpointing": True},
+    # Liger's Triton kernels do not trace under torch.compile here (its RMSNorm casts a Python float), so eager
+    "project-liger": {"compile": False},
+    "project-liger-low-memory": {"gradient_checkpointing": True, "compile": False},
 }
 UNSLOTH_PATHS = {"unsloth": False, "unsloth-offload": True}  # path -> Unsloth's offloaded checkpointing
 

@@ -18,7 +18,10 @@ import time
 from pathlib import Path
 
 UNSLOTH_SITE = os.environ.get("UNSLOTH_SITE", ".whl/unsloth")
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+TARGETS = {  # every linear layer of each shape, by its model_type (Unsloth wants the names, not "all-linear")
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "falcon": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+}
 
 
 def unsloth_measure(folder: Path, examples: list[dict], batch: int, steps: int, warmup: int,
@@ -67,7 +70,7 @@ def worker() -> None:
     model, _ = FastLanguageModel.from_pretrained(str(folder), max_seq_length=512, dtype=torch.bfloat16,
                                                  load_in_4bit=True, local_files_only=True)
     model = FastLanguageModel.get_peft_model(model, r=16, lora_alpha=32, lora_dropout=0, bias="none",
-                                             target_modules=TARGETS, random_state=0,
+                                             target_modules=TARGETS[model.config.model_type], random_state=0,
                                              use_gradient_checkpointing="unsloth" if spec["offloaded"] else False)
     FastLanguageModel.for_training(model)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4, fused=True)

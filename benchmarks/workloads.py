@@ -41,7 +41,8 @@ def profile(out: Path, instacart_split: Path) -> None:
     tokenizer = base_model.load_tokenizer(str(EMBEDDED_DIR), "main")
     task = params.read_task("params.yaml", None, "instacart")
     instacart = kinds.of(task).encode(tokenizer, read_jsonl(instacart_split / "train.jsonl"), task)
-    conversations, _ = dialogues.build_dialogues(sources.load_chitchat(), "chitchat", "chitchat", "", "", [], 0)
+    whole = params.replace(params.read_task("params.yaml", None, "chitchat").data, turns=0)  # whole conversations
+    conversations, _ = dialogues.build_dialogues(sources.load_chitchat(), "chitchat", whole)
     dialogue = [encode_conversation(tokenizer, m, "", "plain", SEQUENCE) for m in conversations["messages"]]
     record = {name: [[len(e["input_ids"]), label_spans(e["labels"])] for e in encoded]
               for name, encoded in (("instacart", instacart), ("dialogue", dialogue))}

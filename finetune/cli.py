@@ -46,6 +46,7 @@ class PredictOptions(Section):
 class ChatOptions(Section):
     max_new_tokens: Count
     no_repeat_ngram_size: Count0
+    row: Count
 
 
 def checked(options: type[Section], args: argparse.Namespace, command: str) -> Section:
@@ -103,13 +104,39 @@ def chat(args) -> None:
                             "to chat; use `finetune predict` with it, or chat with a generation task's adapter")
     check_weights(run)
     check_base_present(run)
+    history = conversation_from(run, Path(args.conversation), options.row) if args.conversation else []
 
     from finetune.deliver.chat import chat_loop
     from finetune.deliver.trained import load_trained
 
     run, model, tokenizer = load_trained(args.adapter)
     chat_loop(run, model, tokenizer, max_new_tokens=options.max_new_tokens,
-              no_repeat_ngram_size=options.no_repeat_ngram_size)
+              no_repeat_ngram_size=options.no_repeat_ngram_size, history=history)
+
+
+def conversation_from(run, path: Path, row: int) -> list[dict]:
+    """Row `row` (from 1) of a conversation file, up to its last user turn: where `chat --conversation` starts."""
+    from finetune.data.conversations import DROP_REASONS, BadRow
+    from finetune.deliver.predict import conversation_format, read_records
+
+    if not path.is_file():
+        raise PipelineError(f"--conversation {path}: no such file")
+    found = conversation_format(run, path, None)
+    if not found:
+        raise PipelineError(f"--conversation {path}: not a conversation file (messages, sharegpt, alpaca or "
+                            "prompt_completion rows, in JSONL, CSV or Parquet)")
+    fmt, data = found
+    record = next((r for n, r in enumerate(read_records(path), start=1) if n == row), False)
+    if record is False:
+        raise PipelineError(f"--conversation {path}: --row is {row}, but the file has fewer rows")
+    try:
+        if record is None:
+            raise BadRow("not_a_list", "it is not a JSON object")
+        return fmt.prompt(record, data)
+    except BadRow as bad:
+        why = DROP_REASONS.get(bad.reason, "it ends with no user turn to answer")
+        raise PipelineError(f"--conversation {path}: row {row} is not a {fmt.name} conversation to answer: "
+                            f"{bad.detail} ({why})") from None
 
 
 def merge(args) -> None:
@@ -192,6 +219,9 @@ def build_parser() -> Parser:
     p.add_argument("--adapter", default=ADAPTER, help=f"the trained adapter folder (default {ADAPTER})")
     p.add_argument("--max-new-tokens", type=int, default=256, help="longest answer")
     p.add_argument("--no-repeat-ngram-size", type=int, default=4, help="forbid repeating n-grams (0 = off)")
+    p.add_argument("--conversation", help="a conversation file (as `predict` reads): start from one of its rows, "
+                                          "the model answering its last user turn first")
+    p.add_argument("--row", type=int, default=1, help="which row of --conversation (from 1)")
     p.set_defaults(handler=chat)
 
     p = commands.add_parser("merge", help="merge the adapter into its base: a plain transformers folder")

@@ -14,7 +14,9 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 # The allowed values of the closed choices: the one place they are declared (typing.get_args lists them).
-FORMATS = Literal["table", "chitchat", "persona_chat", "guanaco"]
+FORMATS = Literal["table", "chitchat", "persona_chat", "guanaco", "messages", "sharegpt", "alpaca", "prompt_completion",
+                  "auto"]  # finetune.data.formats: a module each (auto: one of the conversation formats, detected)
+ROLES = Literal["system", "user", "assistant"]
 CHAT_TEMPLATES = Literal["auto", "plain"]
 LABEL_METHODS = Literal["label_scoring", "generation"]
 QUANT_TYPES = Literal["nf4", "fp4"]
@@ -49,6 +51,8 @@ class DataParams(Section):
     drop_labels: list[str]
     turns: Count0
     encoding: Text
+    keys: dict[Text, Text]
+    roles: dict[Text, ROLES]
 
     @field_validator("encoding")
     @classmethod
@@ -150,6 +154,9 @@ class ClassificationTask(TaskEntry):
         if self.data.format != "table":
             raise ValueError(f"data.format is '{self.data.format}'; a classification task reads a table "
                              "(one text and one label per row)")
+        if self.data.keys or self.data.roles:
+            raise ValueError("data.keys and data.roles rename the keys and roles of conversation files; a "
+                             "classification task reads a table: leave them {}")
         return self
 
 

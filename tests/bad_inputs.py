@@ -72,3 +72,64 @@ HANDLED_DATA_FILES: list[tuple[str, bytes, list[tuple[str, str]]]] = [
     ("odd_spaces.csv", "product,department\n\"Whole\u00a0Milk\t 2L\",dairy\nPeas ,\u2003frozen\n".encode(),
      [("Whole Milk 2L", "dairy"), ("Peas", "frozen")]),
 ]
+
+
+def _jsonl(*rows) -> bytes:
+    import json
+
+    return "".join(json.dumps(row) + "\n" for row in rows).encode()
+
+
+HI = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+
+# Conversation files, meant as `data.source: data/raw/<name>` of a generation task:
+# (file name, its data.format and other data params, file bytes, a substring the error line must contain)
+BAD_CONVERSATION_FILES: list[tuple[str, dict, bytes, str]] = [
+    ("not_lists.jsonl", {"format": "messages"}, _jsonl({"messages": "hi"}, {"messages": 3}),
+     "no row reads as data.format messages; row 1: 'messages' is a str, not a list of turns (not_a_list"),
+    ("strings_as_turns.jsonl", {"format": "messages"}, _jsonl({"messages": ["hi", "hello"]}),
+     "row 1: 'messages' holds something other than {role, content} turns (not_a_list"),
+    ("no_messages_field.jsonl", {"format": "messages"}, _jsonl({"conversation": HI}),
+     "missing column 'messages' (data.input_field); columns are: conversation"),
+    ("unknown_roles.jsonl", {"format": "sharegpt"},
+     _jsonl({"conversations": [{"from": "narrator", "value": "Once"}, {"from": "bot", "value": "upon"}]}),
+     "row 1: a turn's role is 'narrator', not one of assistant, gpt, human, system, user (unknown_role"),
+    ("unanswered.jsonl", {"format": "messages"}, _jsonl({"messages": HI[:1]}),
+     "row 1: no assistant turn answers a user turn (no_assistant_turn"),
+    ("not_alternating.jsonl", {"format": "messages"}, _jsonl({"messages": [HI[0], HI[0], HI[1]]}),
+     "row 1: turn 2 is the user's where the assistant's was due (roles_not_alternating"),
+    ("empty_output.jsonl", {"format": "alpaca"}, _jsonl({"instruction": "Add 2 and 3", "output": " "}),
+     "row 1: its assistant turn has no text (empty_content"),
+    ("empty_prompt.jsonl", {"format": "prompt_completion"}, _jsonl({"prompt": "", "completion": "5"}),
+     "row 1: its user turn has no text (empty_content"),
+    ("bad_history.jsonl", {"format": "alpaca"}, _jsonl({"instruction": "q", "output": "a", "history": ["q0", "a0"]}),
+     "row 1: 'history' is not a list of [instruction, output] pairs (not_a_list"),
+    ("unplaced.jsonl", {"format": "auto"}, _jsonl({"question": "q", "answer": "a"}),
+     "data.format is auto, and its first rows match none of the conversation formats"),
+    ("two_formats.jsonl", {"format": "auto"}, _jsonl({"messages": HI, "prompt": "hi", "completion": "hello"}),
+     "match more than one of (messages, prompt_completion)"),
+    ("not_a_list.json", {"format": "messages"}, b'"hello"', "a JSON string, not a list of rows"),
+    ("list_of_strings.json", {"format": "messages"}, b'["hi", "hello"]', "row 1 is a JSON string, not an object"),
+    ("unknown_key.jsonl", {"format": "messages", "keys": {"speaker": "from"}}, _jsonl({"messages": HI}),
+     "data.keys has 'speaker'; the messages format renames only role, content"),
+    ("target_field.jsonl", {"format": "sharegpt", "target_field": "reply"}, _jsonl({"conversations": HI}),
+     "data.target_field is 'reply'; a sharegpt row holds the whole conversation, so leave it ''"),
+]
+
+# A conversation file with one good row and one row for each reason a row is dropped: its documented counts
+# (metrics/data.json's dropped_rows) and the one conversation it gives.
+MIXED_CONVERSATIONS = _jsonl(
+    {"messages": HI},
+    {"messages": "hi"},
+    {"messages": [{"role": "narrator", "content": "Once"}, *HI]},
+    {"messages": [{"role": "user", "content": " "}, HI[1]]},
+    {"messages": [HI[0], HI[0], HI[1]]},
+    {"messages": [{"role": "system", "content": "Be kind."}, HI[0]]},
+)
+MIXED_DROPPED = {"not_a_list": 1, "unknown_role": 1, "empty_content": 1, "roles_not_alternating": 1,
+                 "no_assistant_turn": 1}
+BAD_CONVERSATION_FILES += [
+    ("roles_on_a_table.csv", {"format": "table", "input_field": "prompt", "target_field": "response",
+                              "roles": {"bot": "assistant"}}, b"prompt,response\nhi,hello\n",
+     "data.roles is set, but the table format has no keys or roles to rename; leave it {}"),
+]

@@ -27,10 +27,11 @@ def folders(tmp_path_factory, tokenizer) -> dict[str, Path]:
     """A trained classifier and a generation adapter (tests/deliver/conftest.py), and a whole model."""
     root = tmp_path_factory.mktemp("commands")
     classifier = make_adapter(root / "classifier", tokenizer)
+    chatter = make_adapter(root / "chatter", tokenizer, kind="generation")
     whole = root / "whole"
     shutil.copytree(root / "classifier" / "base", whole)
     (whole / "run.json").write_text((classifier / "run.json").read_text())
-    return {"classifier": classifier, "whole": whole, "base": root / "classifier" / "base"}
+    return {"classifier": classifier, "whole": whole, "base": root / "classifier" / "base", "chatter": chatter}
 
 
 def damaged(folders: dict, tmp: Path, how: str) -> Path:
@@ -62,6 +63,7 @@ def damaged(folders: dict, tmp: Path, how: str) -> Path:
 
 P = ["predict", "in.csv", "out.csv"]
 OK = ["--adapter", "{classifier}"]  # a trained folder that is whole
+C = ["chat", "--adapter", "{chatter}", "--conversation"]  # chat from a row of a conversation file
 # (case, command line after `finetune` ({adapter}: the trained folder, damaged as the case says), what the line says)
 CASES = [
     ("no arguments", ["predict"], "the following arguments are required: input, output"),
@@ -93,6 +95,12 @@ CASES = [
     ("base gone", [*P, "--adapter", "{adapter}"], "models/base/gone, which is not here"),
     ("chat with a classifier", ["chat", *OK], "not to chat; use `finetune predict`"),
     ("chat max new tokens 0", ["chat", "--max-new-tokens", "0"], "finetune chat: --max-new-tokens is 0; allowed: >= 1"),
+    ("chat row 0", ["chat", "--row", "0"], "finetune chat: --row is 0; allowed: >= 1"),
+    ("chat conversation missing", [*C, "gone.jsonl"], "--conversation gone.jsonl: no such file"),
+    ("chat conversation of a table", [*C, "in.csv"], "--conversation in.csv: not a conversation file"),
+    ("chat row past the end", [*C, "chats.jsonl", "--row", "9"], "--row is 9, but the file has fewer rows"),
+    ("chat row with no user turn", [*C, "chats.jsonl", "--row", "2"],
+     "row 2 is not a messages conversation to answer: no user turn to answer"),
     ("merge into what", ["merge", "merged", "--into", "both"], "argument --into: invalid choice: 'both'"),
     ("merge a whole model", ["merge", "merged", "--adapter", "{whole}"], "is a whole model"),
     ("merge over a file", ["merge", "in.csv", *OK], "in.csv is a file"),
@@ -112,6 +120,8 @@ def workdir(tmp_path: Path) -> Path:
     (work / "in.txt").write_text("Organic Whole Milk\n")
     (work / "broken.parquet").write_bytes(b"this is not parquet")
     (work / "folder.csv").mkdir()
+    (work / "chats.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}]}\n'
+                                      '{"messages": [{"role": "assistant", "content": "hello"}]}\n')
     return work
 
 

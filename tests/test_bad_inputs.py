@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from finetune import stage
-from tests.bad_inputs import BAD_DATA_FILES, HANDLED_DATA_FILES
+from tests.bad_inputs import (BAD_CONVERSATION_FILES, BAD_DATA_FILES, HANDLED_DATA_FILES, MIXED_CONVERSATIONS,
+                              MIXED_DROPPED)
 from tests.conftest import ROOT
 
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -55,6 +56,9 @@ BAD_PARAMS = [
     ("prepare", "tasks.instacart.kind", "regression", "tasks.instacart.kind is 'regression'; use one of classification"),
     ("prepare", "tasks.instacart.data.format", "guanaco", "a classification task reads a table"),
     ("prepare", "tasks.instacart.data.encoding", "utf9", "data.encoding is 'utf9'; it is not an encoding Python knows"),
+    ("prepare", "tasks.instacart.data.roles", {"bot": "assistant"}, "a classification task reads a table: leave them {}"),
+    ("prepare", "tasks.chitchat.data.roles", {"bot": "narrator"}, "tasks.chitchat.data.roles.bot is 'narrator'; allowed: "),
+    ("prepare", "tasks.chitchat.data.format", "csv", "tasks.chitchat.data.format is 'csv'; allowed: "),
     ("prepare", "tasks.instacart.prompt.template", "Product:", "template is 'Product:'; it must contain {text}"),
     ("prepare", "tasks.chitchat.evaluate.probes", [""], "tasks.chitchat.evaluate.probes[0] is ''; allowed: a non-empty"),
     ("prepare", "base_model", None, "base_model is null; allowed: a mapping"),
@@ -154,6 +158,32 @@ def use_file(checkout: Path, name: str, content: bytes) -> None:
 def test_a_bad_data_file_is_one_error_line_and_nothing_written(checkout, capsys, name, content, expected):
     use_file(checkout, name, content)
     refused(checkout, "prepare", capsys, expected)
+
+
+def use_conversations(checkout: Path, name: str, content: bytes, data: dict) -> None:
+    """The generation task `chitchat` reading `content` as data/raw/<name> with the given data params."""
+    (checkout / "data/raw").mkdir(parents=True, exist_ok=True)
+    (checkout / "data/raw" / name).write_bytes(content)
+    params = yaml.safe_load((checkout / "params.yaml").read_text())
+    params["task"] = "chitchat"
+    params["tasks"]["chitchat"]["data"].update(source=f"data/raw/{name}", turns=0, **data)
+    (checkout / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.mark.parametrize("name, data, content, expected", BAD_CONVERSATION_FILES,
+                         ids=[c[0] for c in BAD_CONVERSATION_FILES])
+def test_a_malformed_conversation_file_is_one_error_line_and_nothing_written(checkout, capsys, name, data, content,
+                                                                             expected):
+    use_conversations(checkout, name, content, data)
+    refused(checkout, "prepare", capsys, expected)
+
+
+def test_rows_that_are_not_conversations_are_dropped_and_counted_in_the_data_metrics(checkout, capsys):
+    use_conversations(checkout, "mixed.jsonl", MIXED_CONVERSATIONS, {"format": "messages"})
+    code, err = run_stage("prepare", capsys)
+    assert code == 0, err
+    counts = json.loads((checkout / "metrics/data.json").read_text())
+    assert counts["dropped_rows"] == MIXED_DROPPED and counts["rows"] == 6 and counts["examples"] == 1
 
 
 @pytest.mark.parametrize("name, content, examples", HANDLED_DATA_FILES, ids=[c[0] for c in HANDLED_DATA_FILES])

@@ -2,6 +2,7 @@
 
 import ast
 import importlib
+import typing
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import yaml
 
 from finetune import params
 from finetune.errors import PipelineError
+from finetune.param_schemas import DataParams
 from tests.conftest import ROOT
 
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -21,10 +23,14 @@ PLUMBING = {"finetune/__init__.py", "finetune/errors.py", "finetune/stage.py",
                                                           "report"))}
 
 
+# Params whose value is a mapping of the user's own names (data.keys, data.roles): one key each, not one per entry.
+MAPPINGS = {name for name, field in DataParams.model_fields.items() if typing.get_origin(field.annotation) is dict}
+
+
 def leaf_keys(tree: dict, prefix: str = "") -> set[str]:
     keys = set()
     for k, v in tree.items():
-        keys |= leaf_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}"}
+        keys |= leaf_keys(v, f"{prefix}{k}.") if isinstance(v, dict) and k not in MAPPINGS else {f"{prefix}{k}"}
     return keys
 
 

@@ -100,21 +100,6 @@ def test_exp_run_reruns_only_training_onwards_and_metrics_compare(repo):
     assert '"r": 32' in text and '"r": 16' in text and "finetuned" in text
 
 
-def test_switching_task_reruns_everything_and_switching_back_restores_it_from_the_run_cache(repo):
-    classification = (repo / "metrics/eval.json").read_bytes()
-    output = dvc(repo, "exp", "run", "-S", "task=chitchat")
-    assert redone_stages(output) == STAGES - {"base_model"}
-    generation = json.loads((repo / "metrics/eval.json").read_text())
-    assert set(generation) == {"base", "finetuned"}
-    assert {"bleu", "rouge_l", "perplexity"} <= set(generation["finetuned"])
-    report = (repo / "metrics/report.md").read_text()
-    assert "## Probe prompts" in report and "ROUGE-L" in report
-
-    back = dvc(repo, "exp", "run", "-S", "task=instacart")
-    assert restored_stages(back) == STAGES - {"base_model"} and ran_stages(back) == set()  # all seen before
-    assert (repo / "metrics/eval.json").read_bytes() == classification
-
-
 QUEUE_STATES = ("Queued", "Running", "Success", "Failed")
 
 

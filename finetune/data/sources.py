@@ -1,4 +1,4 @@
-"""Data sources: the embedded Instacart catalog and chit-chat corpus, user tables (CSV, TSV, JSONL, Parquet), hub datasets."""
+"""Data sources: the embedded Instacart catalog and chit-chat corpus, user tables (CSV, TSV, JSONL, JSON, Parquet), hub datasets."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from finetune.errors import PipelineError
 INSTACART = "instacart"
 CHITCHAT = "chitchat"
 HUB_PREFIX = "hub:"
-CHITCHAT_FILE = ".json"  # a file in the chitchat-dataset package's layout (tables are .csv/.tsv/.jsonl/.parquet)
-TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".parquet")
+TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")  # a .json file holds a list of rows, or the
+# chitchat-dataset package's layout ({id: {messages: ...}})
 CSV_DELIMITERS = ",;\t|"  # what the delimiter of a .csv may be (a .tsv is always tab-separated)
 SNIFF_CHARS = 64 * 1024  # how much of a CSV csv.Sniffer looks at
 JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
@@ -81,7 +81,8 @@ def load_hub_dataset(dataset_id: str) -> pd.DataFrame:
 
 
 def read_table(path: str | Path, encoding: str = "utf-8") -> pd.DataFrame:
-    """Read a CSV (delimiter detected), TSV, JSONL or Parquet file; text files are decoded with `encoding`.
+    """Read a CSV (delimiter detected), TSV, JSONL, JSON (a list of rows) or Parquet file; text files are decoded
+    with `encoding`.
 
     Raises PipelineError with one line naming the file and what to do: not found, empty, undecodable,
     a broken JSONL line, a header without rows, or any other reason the reader gave.
@@ -102,6 +103,8 @@ def read_table(path: str | Path, encoding: str = "utf-8") -> pd.DataFrame:
         raise PipelineError(f"{path}: the file is empty; put the table in it or set the task's data.source to another file")
     if suffix == ".jsonl":
         _check_json_lines(text, path)
+    if suffix == ".json":
+        return _json_rows(text, path)
     try:
         if suffix == ".parquet":
             table = pd.read_parquet(path)
@@ -192,6 +195,35 @@ def _check_json_lines(text: str, path: Path) -> None:
                                 "JSONL needs one {column: value} object per line")
 
 
+def _json_rows(text: str, path: Path) -> pd.DataFrame:
+    """A .json file holding a list of {column: value} objects, one a row."""
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise PipelineError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    if not isinstance(value, list):
+        kind = JSON_TYPES.get(type(value), "object" if isinstance(value, dict) else type(value).__name__)
+        raise PipelineError(f"{path}: a JSON {kind}, not a list of rows; a .json file holds [{{column: value}}, ...] "
+                            "(or the chitchat-dataset layout, {id: {messages: ...}})")
+    bad = next((i for i, row in enumerate(value, start=1) if not isinstance(row, dict)), None)
+    if bad:
+        kind = JSON_TYPES.get(type(value[bad - 1]), type(value[bad - 1]).__name__)
+        raise PipelineError(f"{path}: row {bad} is a JSON {kind}, not an object; the list holds one {{column: value}} "
+                            "object a row")
+    if not value:
+        raise PipelineError(f"{path}: an empty list, no rows; add rows or set the task's data.source to another file")
+    return pd.DataFrame.from_records(value)
+
+
+def _is_chitchat_layout(path: Path) -> bool:
+    """Whether a .json file is a JSON object (the chitchat-dataset layout) rather than a list of rows."""
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        head = f.read(4096).lstrip(codecs.BOM_UTF8).lstrip()
+    return head.startswith(b"{")
+
+
 def _is_one_json_document(text: str) -> bool:
     try:
         json.loads(text)
@@ -208,8 +240,6 @@ def load_source(source: str, encoding: str = "utf-8") -> tuple[pd.DataFrame, str
         return load_chitchat(), "chitchat corpus (chitchat-dataset)"
     if source.startswith(HUB_PREFIX):
         return load_hub_dataset(source[len(HUB_PREFIX):]), source
-    if source.endswith(CHITCHAT_FILE):
-        if not Path(source).is_file():
-            raise PipelineError(f"{source}: file not found; set the task's data.source to an existing file ({UNTRACKED})")
+    if source.lower().endswith(".json") and _is_chitchat_layout(Path(source)):
         return load_chitchat(Path(source), encoding), source
     return read_table(source, encoding), source

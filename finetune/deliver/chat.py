@@ -13,6 +13,7 @@ from finetune.errors import PipelineError
 from finetune.text.chat import conversation_prompt_ids
 from finetune.text.prompts import end_token_id
 
+SPEAKERS = {"user": "you", "assistant": "model"}  # how the terminal names the turns (a system turn by its role)
 HELP = "type a message and Enter; /reset starts over, /exit (or Ctrl-D) ends"
 
 
@@ -43,13 +44,21 @@ def reply(run: TrainedRun, model, tokenizer, history: list[dict], max_new_tokens
 
 
 def chat_loop(run: TrainedRun, model, tokenizer, max_new_tokens: int = 256, no_repeat_ngram_size: int = 4,
-              read: Callable[[str], str] = input, output: TextIO = sys.stdout) -> list[dict]:
-    """Read a line, answer it, until /exit or end of input; returns the conversation."""
+              read: Callable[[str], str] = input, output: TextIO = sys.stdout,
+              history: list[dict] | None = None) -> list[dict]:
+    """Read a line, answer it, until /exit or end of input; returns the conversation. `history` (ending with a user
+    turn) is shown and answered first."""
     if not run.kind.can_chat:
         raise PipelineError(f"{run.folder} was trained for a {run.kind.name} task ({run.info['task']['name']}), not "
                             "to chat; use `finetune predict` with it, or chat with a generation task's adapter")
     output.write(f"chatting with {run.folder} ({run.info['task']['name']}); {HELP}\n")
-    history: list[dict] = []
+    history = list(history or [])
+    for m in history:
+        output.write(f"{SPEAKERS.get(m['role'], m['role'])}> {m['content']}\n")
+    if history:
+        output.write("model> ")
+        history.append({"role": "assistant", "content": reply(run, model, tokenizer, history, max_new_tokens,
+                                                              no_repeat_ngram_size, output)})
     while True:
         try:
             line = read("you> ").strip()

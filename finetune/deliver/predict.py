@@ -2,7 +2,10 @@
 
 What a row gets is its kind's (finetune.kinds): a classification adapter's label by label scoring (as evaluate
 does it), its probability (softmax over the allowed labels' log-likelihoods) and the top-k; a generation adapter's
-answer. A row that is empty or cannot be read gets a status and no prediction; it does not end the run.
+answer. A generation adapter also reads a conversation file in any of the conversation formats it could be trained
+on (finetune.data.formats: the one it was trained with, else the one the file's first rows show) and answers each
+row's last user turn, its earlier turns as history. A row that is empty or cannot be read gets a status and no
+prediction; it does not end the run.
 """
 
 from __future__ import annotations
@@ -56,6 +59,75 @@ def columns(path: Path) -> list[str]:
                 continue
             return list(first) if isinstance(first, dict) else []
     return []
+
+
+def conversation_format(run: TrainedRun, path: Path, column: str | None):
+    """The conversation format whose rows `path` holds, for a kind that answers conversations (None: a column of
+    texts, or `--column` named one): the format the run was trained with if the file has its fields, else the one
+    its first rows show."""
+    if column or not run.kind.can_chat:
+        return None
+    from finetune.data import formats
+
+    trained = run.info["task"].get("data", {})
+    fmt = formats.get(trained["format"]) if trained.get("format", formats.AUTO) != formats.AUTO else None
+    if isinstance(fmt, formats.ConversationFormat):
+        data = conversation_params(trained)
+        if all(fmt.names(data)[f] in columns(path) for f in fmt.fields[:1]):
+            return fmt, data
+    first = [row for row, _ in zip(read_records(path), range(formats.SNIFF_ROWS)) if row is not None]
+    found = [f for f in map(formats.get, sorted(formats._module_names()))
+             if isinstance(f, formats.ConversationFormat) and first and f.looks_like(first)]
+    return (found[0], conversation_params({"format": found[0].name})) if len(found) == 1 else None
+
+
+def conversation_params(trained: dict):
+    """The data params a conversation file is read with: the trained run's, or the format's defaults."""
+    from finetune.param_schemas import DataParams
+
+    values = {"source": "-", "format": "auto", "input_field": "", "target_field": "", "drop_labels": [], "turns": 0,
+              "encoding": "utf-8", "keys": {}, "roles": {}}
+    return DataParams.model_validate({**values, **{k: v for k, v in trained.items() if k in values}})
+
+
+def read_records(path: Path) -> Iterator[dict | None]:
+    """Every row of the file as a dict (None for a line that is not a JSON object), one at a time."""
+    suffix = _format(path, "input")
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
+            yield from batch.to_pylist()
+    elif suffix == ".csv":
+        with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+            yield from csv.DictReader(f)
+    else:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    yield None
+                    continue
+                yield row if isinstance(row, dict) else None
+
+
+def read_conversations(path: Path, fmt, data) -> Iterator[tuple[list[dict] | None, str, str]]:
+    """(the conversation to answer, status, its last user turn) for every row of a conversation file."""
+    from finetune.data.conversations import BadRow
+
+    for row in read_records(path):
+        if row is None:
+            yield None, UNREADABLE, ""
+            continue
+        try:
+            messages = fmt.prompt(row, data)
+        except BadRow as bad:
+            yield None, bad.reason, ""
+            continue
+        yield messages, OK, messages[-1]["content"]
 
 
 def choose_column(path: Path, column: str | None, run: TrainedRun) -> str:
@@ -175,7 +247,8 @@ class _Writer:
 
 def check_files(run: TrainedRun, source: Path, dest: Path, column: str | None) -> str:
     """Refuse what would fail or harm before any model is loaded: a missing or unknown input, an output that is a
-    folder or the input itself, an input without the column; returns the column to read."""
+    folder or the input itself, an input without the column; returns the column to read ('' for a conversation
+    file, read whole)."""
     if not source.is_file():
         raise PipelineError(f"input {source}: no such file")
     _format(dest, "output")
@@ -183,7 +256,7 @@ def check_files(run: TrainedRun, source: Path, dest: Path, column: str | None) -
         raise PipelineError(f"output {dest} is a folder; name a file (.csv, .jsonl or .parquet)")
     if dest.resolve() == source.resolve():
         raise PipelineError(f"output {dest} is the input file; name another, so the input is kept")
-    return choose_column(source, column, run)
+    return "" if conversation_format(run, source, column) else choose_column(source, column, run)
 
 
 def predict_file(run: TrainedRun, model, tokenizer, source: str | Path, dest: str | Path, column: str | None = None,
@@ -191,28 +264,34 @@ def predict_file(run: TrainedRun, model, tokenizer, source: str | Path, dest: st
     """Predict every row of `source` into `dest` (same formats); returns counts by status.
 
     `options`: batch_size and memory_gib (label scoring), top_k; max_new_tokens and no_repeat_ngram_size
-    (generation). Rows are read, predicted and written `chunk_rows` at a time.
+    (generation). Rows are read, predicted and written `chunk_rows` at a time. A conversation file's rows are
+    written with their last user turn as `prompt`; a row that is not a conversation gets the reason as its status.
     """
     source, dest = Path(source), Path(dest)
     name = check_files(run, source, dest, column)
+    conversations = None if name else conversation_format(run, source, column)
+    name = name or "prompt"
     out_suffix = _format(dest, "output")
     kind = run.kind
     fields = ["row", name, "status", *kind.predict_fields]
     counts = {OK: 0, EMPTY: 0, UNREADABLE: 0}
+    rows_in = (((messages, status) for messages, status, _ in read_conversations(source, *conversations))
+               if conversations else read_rows(source, name))
+    shown = (lambda value: value[-1]["content"] if value else "") if conversations else (lambda value: value)
     bar = tqdm(total=count_rows(source), desc=f"predicting {source.name}", unit="row")
     with atomic_path(dest) as tmp:
         writer = _Writer(tmp, out_suffix, fields)
         try:
             done = 0
-            for chunk in _chunks(read_rows(source, name), chunk_rows):
+            for chunk in _chunks(rows_in, chunk_rows):
                 ok = [i for i, (_, status) in enumerate(chunk) if status == OK]
                 texts = [chunk[i][0] for i in ok]
                 predicted = dict(zip(ok, kind.predict(run, model, tokenizer, texts, options, bar.update) if ok else []))
                 rows = []
                 for i, (text, status) in enumerate(chunk):
-                    counts[status] += 1
+                    counts[status] = counts.get(status, 0) + 1
                     blank = {f: None for f in fields[3:]}
-                    rows.append({"row": done + i, name: text, "status": status, **predicted.get(i, blank)})
+                    rows.append({"row": done + i, name: shown(text), "status": status, **predicted.get(i, blank)})
                 bar.update(len(chunk) - len(ok))
                 writer.write(rows)
                 done += len(chunk)

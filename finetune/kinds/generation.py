@@ -44,8 +44,7 @@ class Generation(kinds.TaskKind):
     can_chat = True
 
     def examples(self, table, origin, data):
-        return build_dialogues(table, origin, data.format, data.input_field, data.target_field, data.drop_labels,
-                               data.turns)
+        return build_dialogues(table, origin, data)
 
     def split(self, examples, split, caps):
         return split_conversations(examples, split.validation_fraction, split.test_fraction, caps, split.seed), {}
@@ -102,7 +101,9 @@ class Generation(kinds.TaskKind):
         return answers, {k: quality[k] for k in ("bleu", "rouge_l")}
 
     def predict(self, run, model, tokenizer, texts, options, on_batch):
-        answers = answer_conversations(model, tokenizer, [[{"role": "user", "content": t}] for t in texts], run.prompt,
+        """An answer to each text (a user turn), or to each conversation (messages ending with a user turn)."""
+        conversations = [[{"role": "user", "content": t}] if isinstance(t, str) else t for t in texts]
+        answers = answer_conversations(model, tokenizer, conversations, run.prompt,
                                        run.max_length, options["batch_size"], options["max_new_tokens"],
                                        options["no_repeat_ngram_size"], on_batch=on_batch)
         return [{"answer": a} for a in answers]

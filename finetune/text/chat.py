@@ -69,11 +69,32 @@ def encode_conversation(tokenizer, messages: list[dict], system: str, chat_templ
     """Input ids and labels (IGNORE_INDEX except on assistant turns, up to and including their end token).
 
     Also returns `response_start`, where the last assistant turn begins: the ids before it are that
-    turn's prompt, for generation and perplexity. Long conversations lose their start.
+    turn's prompt, for generation and perplexity. A conversation longer than `max_length` loses whole exchanges
+    (a user turn and the assistant's answer) from its start, its system turn kept; only when its last exchange
+    alone is too long does that exchange's prompt lose its first tokens.
     """
     messages = with_system(messages, system)
     if not messages or messages[-1]["role"] != "assistant":
         raise PipelineError("a conversation must end with the assistant's turn")
+    encoded = _encode(tokenizer, messages, chat_template)
+    while len(encoded["input_ids"]) > max_length and sum(m["role"] == "assistant" for m in messages) > 1:
+        messages = _without_first_exchange(messages)
+        encoded = _encode(tokenizer, messages, chat_template)
+    ids, labels, response_start = encoded["input_ids"], encoded["labels"], encoded["response_start"]
+    cut = max(0, len(ids) - max_length)
+    return {"input_ids": ids[cut:], "attention_mask": [1] * (len(ids) - cut), "labels": labels[cut:],
+            "response_start": max(0, response_start - cut)}
+
+
+def _without_first_exchange(messages: list[dict]) -> list[dict]:
+    """The conversation without its first user turn and the assistant's answer to it (a system turn stays)."""
+    system = messages[:1] if messages[0]["role"] == "system" else []
+    rest = messages[len(system):]
+    first_answer = next(i for i, m in enumerate(rest) if m["role"] == "assistant")
+    return system + rest[first_answer + 1:]
+
+
+def _encode(tokenizer, messages: list[dict], chat_template: str) -> dict:
     eos = end_token_id(tokenizer)
     template = uses_template(tokenizer, chat_template)
     segments = _template_segments(tokenizer, messages) if template else _plain_segments(messages, tokenizer.eos_token)
@@ -93,10 +114,7 @@ def encode_conversation(tokenizer, messages: list[dict], system: str, chat_templ
             labels += [IGNORE_INDEX] * len(piece)
         ids += piece
     last_trained = max(i for i, label in enumerate(labels) if label != IGNORE_INDEX) + 1
-    ids, labels = ids[:last_trained], labels[:last_trained]
-    cut = max(0, len(ids) - max_length)
-    return {"input_ids": ids[cut:], "attention_mask": [1] * (len(ids) - cut), "labels": labels[cut:],
-            "response_start": max(0, response_start - cut)}
+    return {"input_ids": ids[:last_trained], "labels": labels[:last_trained], "response_start": response_start}
 
 
 def conversation_prompt_ids(tokenizer, messages: list[dict], system: str, chat_template: str, max_length: int) -> list[int]:

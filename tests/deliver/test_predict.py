@@ -12,6 +12,7 @@ from tests.deliver.conftest import answer_conversations, classify_texts
 from finetune.deliver.trained import load_trained
 from finetune.errors import PipelineError
 from finetune.evaluate import scoring
+from tests import conversation_files
 from tests.deliver.conftest import LABELS
 
 PRODUCTS = ["Organic Whole Milk", "Spaghetti No. 5", "Frozen Peas", "Baby Spinach", "Salted Pretzels",
@@ -118,6 +119,24 @@ def test_generation_answers_each_prompt_as_evaluate_generates(tmp_path, chatter)
     expected = answer_conversations(run, model, tokenizer, [[{"role": "user", "content": p}] for p in prompts[:2]],
                                     batch_size=2, max_new_tokens=5, no_repeat_ngram_size=0)
     assert out["answer"][:2].tolist() == expected and pd.isna(out["answer"][2])
+
+
+@pytest.mark.parametrize("fmt", conversation_files.FORMATS)
+def test_generation_answers_the_last_user_turn_of_each_conversation_in_a_file(tmp_path, chatter, fmt):
+    run, model, tokenizer = load_trained(chatter)
+    history = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi!"},
+               {"role": "assistant", "content": "hello, how are you?"}, {"role": "user", "content": "tired. you?"}]
+    answered = history + [{"role": "assistant", "content": "a reference answer, not given to the model"}]
+    source = conversation_files.write(tmp_path / f"chats.{fmt}.jsonl", fmt, [answered, answered[:2] + answered[2:]])
+    with open(source, "a", encoding="utf-8") as f:
+        f.write('{"messages": "not turns", "conversations": 3, "instruction": "", "prompt": ""}\n')
+    counts = predict_file(run, model, tokenizer, source, tmp_path / "answers.parquet", batch_size=2,
+                          max_new_tokens=5, no_repeat_ngram_size=0)
+    out = pd.read_parquet(tmp_path / "answers.parquet")
+    expected = answer_conversations(run, model, tokenizer, [history], batch_size=1, max_new_tokens=5,
+                                    no_repeat_ngram_size=0)
+    assert out["prompt"][:2].tolist() == ["tired. you?"] * 2 and out["answer"][:2].tolist() == expected * 2
+    assert counts["ok"] == 2 and out["status"][2] in ("not_a_list", "empty_content") and counts[out["status"][2]] == 1
 
 
 def test_a_merged_folder_predicts_what_its_adapter_predicts(tmp_path, classifier, loaded):

@@ -1,6 +1,7 @@
 """finetune chat: a terminal conversation with a generation adapter, its answers streamed token by token."""
 
 import io
+import json
 
 import pytest
 
@@ -54,6 +55,22 @@ def test_the_answer_continues_the_whole_conversation(chatter):
                {"role": "user", "content": "how are you?"}]
     answer = reply(run, model, tokenizer, history, 6, 0, io.StringIO())
     assert answer == answer_conversations(run, model, tokenizer, [history], 1, 6, 0)[0]
+
+
+def test_a_conversation_from_a_file_is_shown_and_answered_first(chatter, tmp_path):
+    from finetune.cli import conversation_from
+
+    run, model, tokenizer = load_trained(chatter)
+    turns = [{"from": "human", "value": "hello"}, {"from": "gpt", "value": "hi"}, {"from": "human", "value": "how are you?"}]
+    (tmp_path / "chats.jsonl").write_text(json.dumps({"conversations": turns}) + "\n")
+    history = conversation_from(run, tmp_path / "chats.jsonl", 1)
+    out = io.StringIO()
+    talked = chat_loop(run, model, tokenizer, max_new_tokens=6, no_repeat_ngram_size=0, read=Typist([]), output=out,
+                       history=history)
+    assert talked[:3] == [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"},
+                          {"role": "user", "content": "how are you?"}]
+    assert talked[3]["content"] == answer_conversations(run, model, tokenizer, [history], 1, 6, 0)[0]
+    assert "you> how are you?\nmodel> " in out.getvalue()
 
 
 def test_a_classification_adapter_is_refused(classifier):

@@ -100,7 +100,7 @@ def test_a_kind_written_in_one_file_runs_through_every_stage(echo_kind, tmp_path
     params["tasks"]["echo_words"] = {
         "kind": "echo",
         "data": {"source": "data/raw/words.csv", "format": "table", "input_field": "word", "target_field": "",
-                 "drop_labels": [], "turns": 0, "encoding": "utf-8"},
+                 "drop_labels": [], "turns": 0, "encoding": "utf-8", "keys": {}, "roles": {}},
         "split": {"seed": 0, "validation_fraction": 0.0, "test_fraction": 0.25, "max_train": "all",
                   "max_validation": "all", "max_test": "all"},
         "prompt": {"template": "Say: {text}\n"},

@@ -65,12 +65,19 @@ def test_the_prompt_a_model_answers_is_the_training_prefix(tokenizer, chat_templ
     assert trained_text(tokenizer, last) == trained_text(tokenizer, encoded)[-1:]
 
 
-def test_long_conversations_lose_their_start_not_the_answer(tokenizer):
-    full = encode_conversation(tokenizer, CONVERSATION, "", "auto", 512)
-    short = encode_conversation(tokenizer, CONVERSATION, "", "auto", 20)
-    assert len(short["input_ids"]) == 20 and short["input_ids"] == full["input_ids"][-20:]
-    assert short["labels"] == full["labels"][-20:]
-    assert short["response_start"] == full["response_start"] - (len(full["input_ids"]) - 20)
+@pytest.mark.parametrize("chat_template", ["auto", "plain"])
+def test_a_long_conversation_loses_whole_exchanges_from_its_start_never_part_of_a_turn(tokenizer, chat_template):
+    system = [{"role": "system", "content": "Be brief."}]
+    full = encode_conversation(tokenizer, system + CONVERSATION, "", chat_template, 512)
+    last_exchange = encode_conversation(tokenizer, system + CONVERSATION[2:], "", chat_template, 512)
+    between = len(last_exchange["input_ids"]) + 2  # too short for both exchanges, long enough for the last
+    assert between < len(full["input_ids"])
+    assert encode_conversation(tokenizer, system + CONVERSATION, "", chat_template, between) == last_exchange
+    assert trained_text(tokenizer, last_exchange)[0].strip().startswith("pizza and a movie")
+    # The last exchange alone too long: only then does its prompt lose its first tokens; the answer stays whole.
+    short = encode_conversation(tokenizer, system + CONVERSATION, "", chat_template, 12)
+    assert short["input_ids"] == last_exchange["input_ids"][-12:] and short["labels"] == last_exchange["labels"][-12:]
+    assert short["response_start"] == last_exchange["response_start"] - (len(last_exchange["input_ids"]) - 12)
 
 
 def test_system_messages_combine_and_errors_are_clear(tokenizer):

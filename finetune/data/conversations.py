@@ -94,7 +94,8 @@ def text_of(content) -> str | None:
 
 def checked(messages: list[dict], keep: int) -> list[dict]:
     """A conversation as training takes it, or BadRow: an optional system turn, then user and assistant turns in
-    turn, ending with the assistant's (user turns after the last answer are cut); the last `keep` turns kept."""
+    turn, ending with the assistant's (user turns after the last answer are cut); the last `keep` turns kept (one
+    more where that would start with the assistant's)."""
     for m in messages:
         if not m["content"]:
             raise BadRow("empty_content", f"its {m['role']} turn has no text")
@@ -109,10 +110,10 @@ def checked(messages: list[dict], keep: int) -> list[dict]:
         if m["role"] != expected:
             raise BadRow("roles_not_alternating",
                          f"turn {len(system) + i + 1} is the {m['role']}'s where the {expected}'s was due")
-    kept = window(turns, keep)
-    if kept and kept[0]["role"] == "assistant":  # a window starts with the user's turn
-        kept = kept[1:]
-    return system + kept
+    start = max(0, len(turns) - keep) if keep else 0
+    if turns[start]["role"] == "assistant":  # a window starts with the user's turn: one more turn than `keep`
+        start -= 1
+    return system + turns[start:]
 
 
 def conversation_key(messages: list[dict]) -> str:

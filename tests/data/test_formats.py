@@ -135,8 +135,11 @@ def test_a_file_of_bad_rows_is_one_line_naming_the_first_and_why(reason):
 
 def test_a_long_conversation_keeps_its_last_turns_and_a_window_starts_with_the_user():
     turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i}"} for i in range(6)]
-    examples, _ = build_dialogues(pd.DataFrame({"messages": [turns]}), "m.jsonl", data("messages", turns=3))
+    examples, _ = build_dialogues(pd.DataFrame({"messages": [turns]}), "m.jsonl", data("messages", turns=2))
     assert examples["messages"][0] == turns[-2:]
+    for keep in (1, 3):  # a window that would start with the assistant's turn takes the user's before it
+        examples, _ = build_dialogues(pd.DataFrame({"messages": [turns]}), "m.jsonl", data("messages", turns=keep))
+        assert examples["messages"][0] == turns[-(keep + 1):]
 
 
 def test_params_allow_exactly_the_format_modules_and_auto():

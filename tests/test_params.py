@@ -186,3 +186,19 @@ def test_replace_checks_the_new_values():
     assert params.replace(lora, r=4).r == 4 and lora.r == PARAMS["lora"]["r"]
     with pytest.raises(PipelineError, match="r is 0; allowed: >= 1"):
         params.replace(lora, r=0)
+
+
+def test_a_dvc_exp_run_set_leaves_params_yaml_readable_and_every_other_value_as_it_was(tmp_path):
+    """`dvc exp run -S` rewrites params.yaml through ruamel, which drops quotes: a quoted string with a '?' or ': '
+    inside a flow collection ({...} or [...]) then stops parsing. The file keeps to block style so that it cannot."""
+    from dvc.utils.serialize import modify_yaml
+
+    copy = tmp_path / "params.yaml"
+    copy.write_text((ROOT / "params.yaml").read_text())
+    with modify_yaml(copy) as data:
+        data["lora"]["r"] = 32
+        data["tasks"]["chitchat"]["data"]["source"] = "data/raw/chats.jsonl"
+    expected = yaml.safe_load((ROOT / "params.yaml").read_text())
+    expected["lora"]["r"] = 32
+    expected["tasks"]["chitchat"]["data"]["source"] = "data/raw/chats.jsonl"
+    assert params.load_yaml(copy) == expected

@@ -32,7 +32,14 @@ def main() -> None:
     write_jsonl(args.examples, examples.to_dict("records"))
     write_json(args.counts, summary)
     write_csv(args.class_counts, pd.DataFrame({"label": list(counts), "examples": list(counts.values())}))
-    print(f"prepare: task {task.name}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in summary.items()))
+    print(f"prepare: task {task.name}: " + ", ".join(f"{k.replace('_', ' ')} {said(v)}" for k, v in summary.items()))
+
+
+def said(value) -> str:
+    """A count, or counts by reason ({"not_a_list": 2, ...}) as "2 not a list" ("none" when all are 0)."""
+    if not isinstance(value, dict):
+        return str(value)
+    return ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in value.items() if n) or "none"
 
 
 if __name__ == "__main__":

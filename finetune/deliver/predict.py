@@ -90,13 +90,14 @@ def conversation_params(trained: dict):
     return DataParams.model_validate({**values, **{k: v for k, v in trained.items() if k in values}})
 
 
-def read_records(path: Path) -> Iterator[dict | None]:
-    """Every row of the file as a dict (None for a line that is not a JSON object), one at a time."""
+def read_records(path: Path, columns: list[str] | None = None) -> Iterator[dict | None]:
+    """Every row of the file as a dict (None for a line that is not a JSON object), one at a time; a Parquet file
+    reads only `columns` when they are named."""
     suffix = _format(path, "input")
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
+        for batch in pq.ParquetFile(path).iter_batches(columns=columns, batch_size=4096):
             yield from batch.to_pylist()
     elif suffix == ".csv":
         with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
@@ -164,31 +165,16 @@ def _cell(value) -> tuple[str, str]:
 
 def read_rows(path: Path, column: str) -> Iterator[tuple[str, str]]:
     """(text, status) for every row of the file, one at a time."""
-    suffix = _format(path, "input")
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        for batch in pq.ParquetFile(path).iter_batches(columns=[column], batch_size=4096):
-            for value in batch.column(0).to_pylist():
-                yield _cell(value)
-    elif suffix == ".csv":
+    if _format(path, "input") == ".csv":  # a row with too few or too many fields is unreadable, not shifted
         with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
             reader = csv.reader(f)
             header = next(reader, [])
             at = header.index(column)
             for row in reader:
                 yield (_cell(row[at]) if len(row) == len(header) else ("", UNREADABLE)) if row else ("", EMPTY)
-    else:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    yield "", UNREADABLE
-                    continue
-                yield _cell(row.get(column)) if isinstance(row, dict) else ("", UNREADABLE)
+        return
+    for record in read_records(path, [column]):
+        yield ("", UNREADABLE) if record is None else _cell(record.get(column))
 
 
 def _chunks(rows: Iterator[tuple[str, str]], size: int) -> Iterator[list[tuple[str, str]]]:

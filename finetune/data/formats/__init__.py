@@ -17,8 +17,8 @@ import pkgutil
 
 import pandas as pd
 
-from finetune.data.conversations import (DROP_REASONS, NO_USER_TURN, ROLES, BadRow, blank, checked, clean_message, is_list,
-                                         needs_cleaning, text_of)
+from finetune.data.conversations import (DROP_REASONS, NO_USER_TURN, ROLES, BadRow, blank, checked, clean_message,
+                                         is_list, needs_cleaning, text_of)
 from finetune.data.examples import require_column
 from finetune.errors import PipelineError
 
@@ -30,11 +30,10 @@ class Format:
     """How rows of one layout become conversations."""
 
     name: str
-    detectable: bool = False  # `auto` may choose it
 
     def read(self, table: pd.DataFrame, origin: str, data) -> tuple[list[dict], dict[str, int]]:
-        """Rows {index (the row's position in the table), messages, group (or None), normalised} in the table's order, and the rows dropped per reason
-        (an empty dict for a format that refuses a bad row instead)."""
+        """Rows {index (the row's position in the table), messages, group (or None), normalised} in the table's
+        order, and the rows dropped per reason (an empty dict for a format that refuses a bad row instead)."""
         raise NotImplementedError
 
 
@@ -42,13 +41,13 @@ class ConversationFormat(Format):
     """A file with one conversation a row, its fields named by `fields` (the first is `data.input_field`'s, the
     second, if any, `data.target_field`'s), other keys by `keys`; `data.keys` and `data.roles` rename them."""
 
-    detectable = True
     fields: tuple[str, ...] = ()    # the default names of the fields input_field and target_field name
     keys: dict[str, str] = {}       # other names the format reads, {what: default name}; data.keys renames them
     roles: dict[str, str] = {}      # the file's role names -> system, user or assistant; data.roles adds to them
     describe: str = ""              # what `auto` says it found
 
-    def conversation(self, row: dict, names: dict[str, str], roles: dict[str, str], answered: bool = True) -> list[dict]:
+    def conversation(self, row: dict, names: dict[str, str], roles: dict[str, str],
+                     answered: bool = True) -> list[dict]:
         """One row's messages (not yet cleaned or checked for order); BadRow if it cannot be read as turns.
         `answered=False`: the row may lack the answer (a file to predict), which is then not read."""
         raise NotImplementedError
@@ -97,7 +96,8 @@ class ConversationFormat(Format):
                 dropped[bad.reason] += 1
                 first_bad = first_bad or (number, bad)
                 continue
-            rows.append({"index": number - 1, "messages": messages, "group": None, "normalised": needs_cleaning(*(m["content"] for m in raw))})
+            rows.append({"index": number - 1, "messages": messages, "group": None,
+                         "normalised": needs_cleaning(*(m["content"] for m in raw))})
         if not rows:
             number, bad = first_bad
             raise PipelineError(f"{origin}: no row reads as data.format {self.name}; row {number}: {bad.detail} "
@@ -116,6 +116,12 @@ def turn(role, content, roles: dict[str, str]) -> dict:
     if text is None:
         raise BadRow("empty_content", f"its {roles.get(role, role)} turn has no text")
     return {"role": roles.get(role, role), "content": text}
+
+
+def holds_turns(rows: list[dict], field: str, key: str) -> bool:
+    """Whether the first row's `field` is a list of dicts with `key` (what `auto` looks for)."""
+    value = rows[0].get(field)
+    return is_list(value) and len(value) > 0 and isinstance(value[0], dict) and key in value[0]
 
 
 def turn_list(value, field: str) -> list:

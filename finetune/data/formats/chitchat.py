@@ -20,7 +20,8 @@ class Chitchat(Format):
                 continue
             size = min(data.turns or len(turns), len(turns))
             start = (len(turns) - size) // 2
-            out.append({"index": index, "messages": alternate(turns[start:start + size]), "group": None, "normalised": normalised})
+            out.append({"index": index, "messages": alternate(turns[start:start + size]), "group": None,
+                        "normalised": normalised})
         return out, {}
 
 

@@ -33,7 +33,8 @@ class Guanaco(Format):
             if not any(t["role"] == "user" for t in turns):
                 raise PipelineError(f"{origin}: row {row} has no '### Human: ... ### Assistant: ...' exchange "
                                     f"in '{text_field}'; fix or remove that row")
-            out.append({"index": row - 1, "messages": window(turns, data.turns), "group": None, "normalised": normalised})
+            out.append({"index": row - 1, "messages": window(turns, data.turns), "group": None,
+                        "normalised": normalised})
         return out, {}
 
 

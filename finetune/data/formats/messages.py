@@ -11,7 +11,7 @@ other role names (e.g. {human: user, bot: assistant}).
 from __future__ import annotations
 
 from finetune.data.conversations import BadRow
-from finetune.data.formats import ConversationFormat, register, turn, turn_list
+from finetune.data.formats import ConversationFormat, holds_turns, register, turn, turn_list
 
 
 class Messages(ConversationFormat):
@@ -27,15 +27,7 @@ class Messages(ConversationFormat):
         return [turn(t.get(names["role"]), t.get(names["content"]), roles) for t in turns]
 
     def looks_like(self, rows):
-        return super().looks_like(rows) and _turns_with(rows, "messages", "role")
-
-
-def _turns_with(rows: list[dict], field: str, key: str) -> bool:
-    """Whether the first row's `field` is a list of dicts with `key`."""
-    from finetune.data.conversations import is_list
-
-    value = rows[0].get(field)
-    return is_list(value) and len(value) > 0 and isinstance(value[0], dict) and key in value[0]
+        return super().looks_like(rows) and holds_turns(rows, "messages", "role")
 
 
 register(Messages())

@@ -52,7 +52,8 @@ class PersonaChat(Format):
                                     "fix or remove that row")
             system = "Your persona: " + " ".join(persona_lines) if persona_lines else ""
             messages = ([{"role": "system", "content": system}] if system else []) + alternate(turns)
-            out.append({"index": row - 1, "messages": messages, "group": normalise_text(system) or None, "normalised": normalised})
+            out.append({"index": row - 1, "messages": messages, "group": normalise_text(system) or None,
+                        "normalised": normalised})
         return out, {}
 
 

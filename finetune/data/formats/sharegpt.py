@@ -10,8 +10,7 @@ column; `data.roles` maps other speaker names (e.g. {user: user, assistant: assi
 from __future__ import annotations
 
 from finetune.data.conversations import BadRow, blank
-from finetune.data.formats import ConversationFormat, register, turn, turn_list
-from finetune.data.formats.messages import _turns_with
+from finetune.data.formats import ConversationFormat, holds_turns, register, turn, turn_list
 
 
 class ShareGPT(ConversationFormat):
@@ -32,7 +31,7 @@ class ShareGPT(ConversationFormat):
         return messages
 
     def looks_like(self, rows):
-        return super().looks_like(rows) and _turns_with(rows, "conversations", "from")
+        return super().looks_like(rows) and holds_turns(rows, "conversations", "from")
 
 
 register(ShareGPT())

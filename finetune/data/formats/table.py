@@ -1,5 +1,5 @@
-"""`table`: prompt / response pairs, one user turn and one assistant turn a row (`data.input_field`, `data.target_field`).
-A row with an empty prompt or response is refused with the row's number."""
+"""`table`: prompt / response pairs, one user turn and one assistant turn a row (`data.input_field`,
+`data.target_field`). A row with an empty prompt or response is refused with the row's number."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ class Table(Format):
         out = []
         for row, (prompt, response) in enumerate(zip(table[prompt_field], table[response_field]), start=1):
             if blank(prompt):
-                raise PipelineError(f"{origin}: row {row} has an empty '{prompt_field}' (the prompt); fix or remove that row")
+                raise PipelineError(f"{origin}: row {row} has an empty '{prompt_field}' (the prompt); "
+                                    "fix or remove that row")
             if blank(response):
                 raise PipelineError(f"{origin}: row {row} has an empty '{response_field}' (the response); "
                                     "fix or remove that row")

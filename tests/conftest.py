@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import shlex
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from transformers import AutoTokenizer, FalconConfig, FalconForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from finetune import param_schemas, params
@@ -79,3 +83,12 @@ def tiny_model(request, tokenizer):
     """A 2-layer model of each architecture our users fine-tune, over the real tokenizer's vocabulary."""
     build = tiny_llama if request.param == "llama" else tiny_falcon
     return build(len(tokenizer))
+
+
+def run_stages(monkeypatch, *names: str) -> None:
+    """Each named stage's main() in this process, in order, with the command line dvc.yaml gives it."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name in names:
+        argv = shlex.split(stages[name]["cmd"])[2:]  # python -m stages.<name> ...
+        monkeypatch.setattr(sys, "argv", argv)
+        importlib.import_module(argv[0]).main()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 
 import pandas as pd
 import pytest
@@ -12,8 +11,7 @@ import yaml
 
 from finetune.data import sources
 from finetune.files import read_jsonl
-from stages import evaluate, prepare, split, train_qlora
-from tests.conftest import ROOT, tiny_falcon
+from tests.conftest import ROOT, run_stages, tiny_falcon
 from tests.data.test_examples import assert_one_line_error, run_prepare
 
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -54,11 +52,6 @@ def write_params(workdir, task: str, source: str | None, model_dir, overrides: d
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def run_stage(module, monkeypatch, *args: str) -> None:
-    monkeypatch.setattr(sys, "argv", [module.__name__, *args])
-    module.main()
-
-
 @pytest.mark.parametrize("task", list(CASES))
 def test_each_format_runs_prepare_split_train_evaluate(task, tmp_path, monkeypatch, tiny_models):
     fixture, arch, overrides = CASES[task]
@@ -70,12 +63,7 @@ def test_each_format_runs_prepare_split_train_evaluate(task, tmp_path, monkeypat
     write_params(tmp_path, task, source, tiny_models / arch, overrides)
     monkeypatch.chdir(tmp_path)
 
-    run_stage(prepare, monkeypatch, "data/examples.jsonl", "metrics/data.json", "metrics/class_counts.csv")
-    run_stage(split, monkeypatch, "data/examples.jsonl", "data/split", "metrics/split.json")
-    run_stage(train_qlora, monkeypatch, "data/split", "models/adapter", "metrics/train.json", "metrics/live",
-              "models/checkpoints", "metrics/timings/train_qlora.json")
-    run_stage(evaluate, monkeypatch, "data/split", "models/adapter", "metrics/eval.json", "metrics/details.json",
-              "metrics/predictions.csv", "metrics/confusion.csv")
+    run_stages(monkeypatch, "prepare", "split", "train_qlora", "evaluate")
 
     examples = read_jsonl("data/examples.jsonl")
     evaluation = json.loads((tmp_path / "metrics/eval.json").read_text())
@@ -105,8 +93,7 @@ def test_persona_chat_keeps_a_conversation_in_one_split(tmp_path, monkeypatch, t
     shutil.copy(FIXTURES / "personachat.parquet", tmp_path / "data" / "raw")
     write_params(tmp_path, "persona_chat", "data/raw/personachat.parquet", tiny_models / "llama", {})
     monkeypatch.chdir(tmp_path)
-    run_stage(prepare, monkeypatch, "data/examples.jsonl", "metrics/data.json", "metrics/class_counts.csv")
-    run_stage(split, monkeypatch, "data/examples.jsonl", "data/split", "metrics/split.json")
+    run_stages(monkeypatch, "prepare", "split")
     groups = {name: {r["group"] for r in read_jsonl(f"data/split/{name}.jsonl")} for name in ("train", "validation", "test")}
     assert not groups["train"] & groups["test"] and not groups["train"] & groups["validation"]
     first = read_jsonl("data/examples.jsonl")[0]["messages"]

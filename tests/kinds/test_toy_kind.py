@@ -6,7 +6,6 @@ The toy kind, `echo`, teaches the model to repeat a word after `Say: `; it is ju
 from __future__ import annotations
 
 import json
-import sys
 from typing import Literal
 
 import pandas as pd
@@ -17,8 +16,7 @@ from finetune import kinds, param_schemas
 from finetune.param_schemas import Count, Section, TaskEntry
 from finetune.tables import metrics_table, table
 from finetune.text.prompts import answer_ids, encode_example, render_prompt
-from stages import evaluate, prepare, report, split, train_qlora
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_stages
 
 
 class EchoPrompt(Section):
@@ -86,11 +84,6 @@ def echo_kind(monkeypatch):
     param_schemas.params_file.cache_clear()
 
 
-def run_stage(module, monkeypatch, *args: str) -> None:
-    monkeypatch.setattr(sys, "argv", [module.__name__, *args])
-    module.main()
-
-
 def test_a_kind_written_in_one_file_runs_through_every_stage(echo_kind, tmp_path, monkeypatch, tiny_llama_dir):
     (tmp_path / "data/raw").mkdir(parents=True)
     pd.DataFrame({"word": ["apple", "river", "candle", "garden", "pencil", "window", "silver", "orange"]}).to_csv(
@@ -113,14 +106,7 @@ def test_a_kind_written_in_one_file_runs_through_every_stage(echo_kind, tmp_path
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     monkeypatch.chdir(tmp_path)
 
-    run_stage(prepare, monkeypatch, "data/examples.jsonl", "metrics/data.json", "metrics/class_counts.csv")
-    run_stage(split, monkeypatch, "data/examples.jsonl", "data/split", "metrics/split.json")
-    run_stage(train_qlora, monkeypatch, "data/split", "models/adapter", "metrics/train.json", "metrics/train_live",
-              "models/checkpoints", "metrics/timings/train_qlora.json")
-    run_stage(evaluate, monkeypatch, "data/split", "models/adapter", "metrics/eval.json", "metrics/details.json",
-              "metrics/predictions.csv", "metrics/confusion.csv")
-    run_stage(report, monkeypatch, "metrics", "models/adapter", "metrics/train_live", "metrics/report.md",
-              "metrics/report")
+    run_stages(monkeypatch, "prepare", "split", "train_qlora", "evaluate", "report")
 
     assert json.loads((tmp_path / "metrics/split.json").read_text()) == {"train": 6, "validation": 0, "test": 2}
     assert json.loads((tmp_path / "models/adapter/run.json").read_text())["task"]["kind"] == "echo"

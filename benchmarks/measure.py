@@ -38,6 +38,19 @@ def free() -> None:
         torch.cuda.empty_cache()
 
 
+def timed_step(model, optimizer, ids, mask, labels) -> tuple[float, torch.Tensor]:
+    """One plain training step on the GPU (forward, backward, optimizer), timed between synchronisations."""
+    ids, mask, labels = ids.cuda(), mask.cuda(), labels.cuda()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    torch.cuda.synchronize()
+    return time.perf_counter() - start, loss
+
+
 def mfu(tokens_per_s: float, n_params: int) -> float | None:
     """4N FLOPs per trained token (frozen base: forward + input gradients) against the matmul ceiling."""
     return round(tokens_per_s * 4 * n_params / (MATMUL_CEILING_TFLOPS * 1e12), 4) if torch.cuda.is_available() else None

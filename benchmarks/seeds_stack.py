@@ -7,12 +7,11 @@ loss on every real token.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
 
-from benchmarks.measure import figures
+from benchmarks.measure import figures, timed_step
 from benchmarks.workloads import IGNORE_INDEX, SEQUENCE
 
 
@@ -47,16 +46,9 @@ def seeds_measure(model, examples: list[dict], batch: int, steps: int, warmup: i
             ids[r, :len(ex["input_ids"])] = torch.tensor(ex["input_ids"])
             mask[r, :len(ex["input_ids"])] = 1
         labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
-        ids, mask, labels = ids.cuda(), mask.cuda(), labels.cuda()
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
+        seconds, loss = timed_step(model, optimizer, ids, mask, labels)
         if step >= warmup:
-            times.append(time.perf_counter() - start)
+            times.append(seconds)
             real.append(int(mask.sum()))
     return figures(batch, sum(times), len(times), sum(real), batch * SEQUENCE * len(times),
                    checkpointing=True, loss=float(loss))

@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 UNSLOTH_SITE = os.environ.get("UNSLOTH_SITE", ".whl/unsloth")
@@ -60,7 +59,7 @@ def worker() -> None:
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
     from unsloth import FastLanguageModel
 
-    from benchmarks.measure import figures
+    from benchmarks.measure import figures, timed_step
     from benchmarks.workloads import stand_in_tokenizer
 
     folder = Path(spec["folder"])
@@ -84,16 +83,9 @@ def worker() -> None:
         for r, ex in enumerate(rows):
             n = len(ex["input_ids"])
             ids[r, :n], mask[r, :n], labels[r, :n] = torch.tensor(ex["input_ids"]), 1, torch.tensor(ex["labels"])
-        ids, mask, labels = ids.cuda(), mask.cuda(), labels.cuda()
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
+        seconds, loss = timed_step(model, optimizer, ids, mask, labels)
         if step >= spec["warmup"]:
-            times.append(time.perf_counter() - start)
+            times.append(seconds)
             real.append(int(mask.sum()))
     out = figures(spec["batch"], sum(times), len(times), sum(real), None, checkpointing=spec["offloaded"],
                   loss=float(loss))

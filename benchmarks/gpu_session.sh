@@ -9,12 +9,16 @@
 # batch of 8,192 tokens; each command also fits one 10-minute call, which is how that session ran them) or
 # side-by-side (2026-12-03, fifth session: each 7B shape beside its seeds in one run, then SmolLM2's epoch by the
 # number of steps; run one call each there too) or capped (2026-12-03, sixth session: the low-memory mode held to
-# the task's batch, every 7B workload beside its seeds, SmolLM2 at 140 steps with and without its LoRA inputs cast).
+# the task's batch, every 7B workload beside its seeds, SmolLM2 at 140 steps with and without its LoRA inputs cast)
+# or head (2026-12-07: SmolLM2's epoch by label scoring beside the classification head, in the foreground; the
+# GGUF's parts, the wheels, the gguf reader and the split travel in two transfers, .bench/gpu1 then .bench/gpu2:
+# `split -b 52000000 -d GGUF .bench/gpu1/gguf.part-`, part 01 moved to .bench/gpu2 beside bundle.tar.gz, which
+# holds .whl/site without liger_kernel, .bench/instacart_all and the gguf package under .bench/gpu_py).
 # It outlasts one 10-minute call, so it runs in the background on the held machine. Each case writes its JSON as it
 # goes; a failing command is reported and the next one runs. The SmolLM2 cases wait for its GGUF, which travels in
 # parts (/root/gguf.part-*, then /root/gguf.ready): it is larger than what one call carries.
 set -u
-PLAN=${1:?packing, small-model, current-code, varlen, side-by-side or capped}
+PLAN=${1:?packing, small-model, current-code, varlen, side-by-side, capped or head}
 RES=${2:-/root/res}
 mkdir -p "$RES"
 export PYTHONUNBUFFERED=1
@@ -102,6 +106,12 @@ capped() {
     run python3 -u -m benchmarks.instacart_smollm2 profile --model /root/smol --batch 241 --out "$RES"
 }
 
+classification_head() {
+    smollm2
+    run python3 -u -m benchmarks.instacart_smollm2 run --model /root/smol --cases project project-head \
+        --pipeline-cases none --out "$RES" --work /root/work
+}
+
 case "$PLAN" in
     packing) packing ;;
     small-model) small_model ;;
@@ -109,6 +119,7 @@ case "$PLAN" in
     varlen) varlen ;;
     side-by-side) side_by_side ;;
     capped) capped ;;
-    *) echo "unknown plan $PLAN: packing, small-model, current-code, varlen, side-by-side or capped"; exit 2 ;;
+    head) classification_head ;;
+    *) echo "unknown plan $PLAN: packing, small-model, current-code, varlen, side-by-side, capped or head"; exit 2 ;;
 esac
 echo "== done $(date -u +%H:%M:%S)"

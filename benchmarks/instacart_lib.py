@@ -73,22 +73,33 @@ def lib_tokenizer(model_dir: str):
     return base_model.load_tokenizer(model_dir, "main")
 
 
-def lib_load(model_dir: str, adapter: str | None = None, dense: bool | None = None):
+def lib_load(model_dir: str, adapter: str | None = None, dense: bool | None = None,
+             head_labels: list[str] | None = None):
     """The 4-bit base model as train_qlora loads it (dense-copied later, when training starts), or as evaluate
-    loads it (`dense`, the default with an adapter: dense-copied when small), with a trained adapter."""
+    loads it (`dense`, the default with an adapter: dense-copied when small), with a trained adapter.
+    `head_labels`: with a new classification head for these labels (objective head)."""
     from finetune import params
-    from finetune.model import adapters, methods
+    from finetune.model import methods
+    from finetune.model.head import head_config
 
     dense = adapter is not None if dense is None else dense
-    model = methods.load_base(model_dir, "main", "qlora", params.read("quantization"), dense=dense)
-    return adapters.load_adapter(model, adapter) if adapter else model
+    head = head_config(head_labels, lib_tokenizer(model_dir)) if head_labels else None
+    quant = params.read("quantization")
+    load = lambda: methods.load_base(model_dir, "main", "qlora", quant, dense=dense, head=head)  # noqa: E731
+    return methods.load_trained(adapter, load) if adapter else load()
 
 
-def lib_encode(tokenizer, rows: list[dict]) -> list[dict]:
-    from finetune import kinds
+def lib_encode(tokenizer, rows: list[dict], objective: str = "label_scoring",
+               labels: list[str] | None = None) -> list[dict]:
+    """The task's examples as train_qlora encodes them for `objective` (head: numbered by `labels`, the train
+    split's)."""
+    import dataclasses
+
+    from finetune import kinds, params
 
     task = lib_task()
-    return kinds.of(task).encode(tokenizer, rows, task)
+    task = dataclasses.replace(task, train=params.replace(task.train, objective=objective))
+    return kinds.of(task).encode(tokenizer, rows, task, labels)
 
 
 def lib_train(model, tokenizer, train: list[dict], validation: list[dict], overrides: dict, work: Path,
@@ -122,6 +133,17 @@ def lib_label_predict(model, tokenizer, texts: list[str], labels: list[str]) -> 
     batch = params.evaluation_batch_size(e.batch_size, on_gpu=torch.cuda.is_available())
     scores = scoring.label_scores(model, tokenizer, [lib_prompt(t) for t in texts], labels, p.answer_prefix, batch)
     return scoring.predict_by_scoring(scores, labels)
+
+
+def lib_head_predict(model, tokenizer, texts: list[str], labels: list[str]) -> list[str]:
+    """The evaluate stage's answers for objective head: the argmax of the head's label scores."""
+    from finetune import params
+    from finetune.kinds.classification.head import Head
+
+    task, e = lib_task(), params.read("evaluate")
+    batch = params.evaluation_batch_size(e.batch_size, on_gpu=torch.cuda.is_available())
+    scores = Head().scores(model, tokenizer, texts, labels, task.prompt, task.train.max_length, batch, e.memory_gib)
+    return [labels[i] for i in scores.argmax(axis=1)]
 
 
 def lib_match(answers: list[str], labels: list[str]) -> list[str]:

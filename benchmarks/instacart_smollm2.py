@@ -1,6 +1,8 @@
 """Real data on one GPU: SmolLM2-135M on the full Instacart split, the seeds' recipe vs this project's code.
 
 Cases (`run --cases`):
+- project-head: the same with `train.objective: head` (a classification head on the prompt's last token, trained
+  with the adapter; evaluated by the head's argmax on the whole test split, in a fresh process).
 - project-*: the train_qlora stage's code (`finetune.train.training.train_model` on `encode_split` examples:
   dynamic padding, length grouping, answer-only loss and logits) with params.yaml, then the evaluate
   stage's code (`finetune.evaluate.scoring.label_scores`, batched KV-cache label scoring) on a freshly loaded
@@ -36,9 +38,9 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from benchmarks.instacart_lib import (DATA, SEEDS_LENGTH, accuracy, export, lib_encode, lib_label_predict, lib_load,
-                                      lib_metrics, lib_prompt, lib_tokenizer, lib_train, loss_check, pipeline_predict,
-                                      prepare, read_split, warm_pipeline)
+from benchmarks.instacart_lib import (DATA, SEEDS_LENGTH, accuracy, export, lib_encode, lib_head_predict,
+                                      lib_label_predict, lib_load, lib_metrics, lib_prompt, lib_tokenizer, lib_train,
+                                      loss_check, pipeline_predict, prepare, read_split, warm_pipeline)
 from benchmarks.measure import (MATMUL_CEILING_TFLOPS, StepClock, free, mfu, peak_gib, reset_peak, sync,
                                 timed_predict)
 from benchmarks.seeds_stack import seeds_model
@@ -52,44 +54,57 @@ LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")
 def project_case(out: dict, save, model_dir: str, data: dict, overrides: dict, evaluate: bool, subset: list[int],
                  work: Path, n_params: int) -> None:
     """Fill `out` with the project path's figures, calling `save()` after each part (a killed run keeps them)."""
+    objective = overrides.get("objective", "label_scoring")
+    head_labels = data["labels"] if objective == "head" else None
     tokenizer = lib_tokenizer(model_dir)
-    train = lib_encode(tokenizer, data["train"])
-    validation = lib_encode(tokenizer, data["validation"]) if evaluate else []
-    model = lib_load(model_dir)
+    train = lib_encode(tokenizer, data["train"], objective, data["labels"])
+    validation = lib_encode(tokenizer, data["validation"], objective, data["labels"]) if evaluate else []
+    model = lib_load(model_dir, head_labels=head_labels)
     peft_model, result, train_p = lib_train(model, tokenizer, train, validation, overrides, work)
-    answer_tokens = sum(sum(1 for x in ex["labels"] if x != -100) for ex in train)
-    out.update({"train_params": train_p, "train": result,
+    answer_tokens = sum(sum(1 for x in ex["labels"] if x != -100) for ex in train) if not head_labels else None
+    out.update({"objective": objective, "train_params": train_p, "train": result,
            "train_examples": len(train), "step_s": round(result["runtime_s"] / result["steps"], 4),
            "tokens_per_s": result["tokens_per_s"], "answer_tokens": answer_tokens,
            "mfu": mfu(result["tokens_per_s"], n_params),
-           "loss_check": loss_check(peft_model, tokenizer, train, batches=4, size=16) if evaluate else None})
+           "loss_check": loss_check(peft_model, tokenizer, train, batches=4, size=16)
+           if evaluate and not head_labels else None})
     save()
     del peft_model, model
     free()
     if not evaluate:
         return
 
-    evaluate_fresh(out, save, model_dir, work / "adapter", subset, len(data["test"]), work)
+    evaluate_fresh(out, save, model_dir, work / "adapter", subset, len(data["test"]), work, objective,
+                   len(data["train"]))
 
 
-def evaluate_fresh(out: dict, save, model_dir: str, adapter: Path, subset: list[int], n_test: int, work: Path) -> None:
+def evaluate_fresh(out: dict, save, model_dir: str, adapter: Path, subset: list[int], n_test: int, work: Path,
+                   objective: str = "label_scoring", n_train: int | None = None) -> None:
     """The evaluate stage, as DVC runs it: a fresh process, a fresh base model and the saved adapter."""
     result_file = work / "evaluation.json"
     subprocess.run([sys.executable, "-m", "benchmarks.instacart_smollm2", "evaluate", "--model", model_dir,
                     "--adapter", str(adapter), "--subset", json.dumps(subset), "--out", str(result_file),
-                    "--limit-test", str(n_test)], check=True)
+                    "--limit-test", str(n_test), "--objective", objective]
+                   + (["--limit-train", str(n_train)] if n_train else []), check=True)
     out.update(json.loads(result_file.read_text()))
     save()
 
 
-def evaluate_case(model_dir: str, adapter: str, subset: list[int], limit_test: int, out: Path) -> None:
-    """Label scoring on the whole test split, then on the subset, then the seeds' pipeline loop on the subset."""
-    data = {name: read_split(name, limit_test if name == "test" else None) for name in ("train", "test")}
-    labels = sorted({r["label"] for r in data["train"]})
+def evaluate_case(model_dir: str, adapter: str, subset: list[int], limit_test: int, out: Path,
+                  objective: str = "label_scoring", limit_train: int | None = None) -> None:
+    """Label scoring on the whole test split, then on the subset, then the seeds' pipeline loop on the subset;
+    for objective head, the head's argmax on the whole test split only (it writes no text)."""
+    data = {"train": read_split("train", limit_train), "test": read_split("test", limit_test)}
+    labels = sorted({r["label"] for r in data["train"]})  # the labels training saw: a head has one output each
     tokenizer = lib_tokenizer(model_dir)
-    model = lib_load(model_dir, adapter)
+    model = lib_load(model_dir, adapter, head_labels=labels if objective == "head" else None)
     texts, actual = [r["text"] for r in data["test"]], [r["label"] for r in data["test"]]
     result = {}
+    if objective == "head":
+        predictions, timing = timed_predict(lib_head_predict, model, tokenizer, texts, labels)
+        result["eval_head"] = {**timing, **accuracy(actual, predictions), "predictions": predictions}
+        out.write_text(json.dumps(result))
+        return
     predictions, timing = timed_predict(lib_label_predict, model, tokenizer, texts, labels)
     result["eval_label_scoring"] = {**timing, **accuracy(actual, predictions), "predictions": predictions}
     if subset:
@@ -174,6 +189,7 @@ def seeds_model_cpu(model_dir: str):
 
 PROJECT_CASES = {  # name -> (train param overrides on top of params.yaml, evaluate too); probes time a tenth of an epoch
     "project": ({}, True),
+    "project-head": ({"objective": "head"}, True),  # a classification head instead of label scoring
     # without train.gpu_lr_scaling (the task's rate as it is), and at 100 or 140 steps
     "project-200-steps": ({"gpu_min_steps": 200, "gpu_lr_scaling": "none"}, True),
     "project-lr2e-3": ({"gpu_min_steps": 200, "gpu_lr_scaling": "none", "learning_rate": 0.002}, True),
@@ -230,7 +246,7 @@ def print_table(record: dict) -> None:
     for name, c in record["cases"].items():
         t = c["train"]
         epoch = t.get("epoch_s", t.get("runtime_s"))
-        ev = c.get("eval_label_scoring", {})
+        ev = c.get("eval_label_scoring", c.get("eval_head", {}))
         print(f"{name:22} {epoch:>8} {c['step_s']:>7} {c['tokens_per_s']:>9} {t.get('peak_memory_gib')!s:>6} "
               f"{ev.get('accuracy')!s:>6} {ev.get('examples_per_s')!s:>9}")
         for key in ("eval_pipeline_subset", "eval_label_scoring_subset"):
@@ -323,6 +339,8 @@ def main() -> None:
     p.add_argument("--adapter", required=True)
     p.add_argument("--subset", default="[]", help="JSON list of test indices for the pipeline loop")
     p.add_argument("--limit-test", type=int, default=None)
+    p.add_argument("--limit-train", type=int, default=None, help="the train rows the adapter saw (their labels)")
+    p.add_argument("--objective", default="label_scoring", choices=["label_scoring", "head"])
     p.add_argument("--out", required=True)
     p = sub.add_parser("profile")
     p.add_argument("--model", required=True)
@@ -342,7 +360,8 @@ def main() -> None:
     elif args.action == "profile":
         profile(args)
     elif args.action == "evaluate":
-        evaluate_case(args.model, args.adapter, json.loads(args.subset), args.limit_test, Path(args.out))
+        evaluate_case(args.model, args.adapter, json.loads(args.subset), args.limit_test, Path(args.out),
+                      args.objective, args.limit_train)
     else:
         merge(args.parts, args.note)
 

@@ -19,6 +19,7 @@ FORMATS = Literal["table", "chitchat", "persona_chat", "guanaco", "messages", "s
 ROLES = Literal["system", "user", "assistant"]
 CHAT_TEMPLATES = Literal["auto", "plain"]
 LABEL_METHODS = Literal["label_scoring", "generation"]
+OBJECTIVES = Literal["label_scoring", "head"]  # finetune/kinds/classification: a module each
 QUANT_TYPES = Literal["nf4", "fp4"]
 MERGE_INTO = Literal["dequantized", "original"]
 GGUF_TYPES = Literal["f32", "f16", "bf16", "q8_0"]  # llama.cpp converter's --outtype choices that need no build
@@ -112,6 +113,12 @@ class TaskTrainParams(Section):
     max_length: Annotated[int, Field(ge=2)]
 
 
+class LabelTrainParams(TaskTrainParams):
+    """Classification's training settings: the task's, and what the model learns to do with a text."""
+
+    objective: OBJECTIVES
+
+
 class LabelEvaluateParams(Section):
     """Classification: how the test split is labelled."""
 
@@ -147,6 +154,7 @@ class TaskEntry(Section):
 class ClassificationTask(TaskEntry):
     kind: Literal["classification"]
     prompt: LabelPromptParams
+    train: LabelTrainParams
     evaluate: LabelEvaluateParams
 
     @model_validator(mode="after")

@@ -13,18 +13,20 @@ BASELINE = "TF-IDF + logistic regression, same split"
 
 
 def trained_as(run_info: dict) -> str:
-    """How the run was trained, in words: `QLoRA`, `LoRA with DoRA and LoRA+`, `full fine-tuning`."""
+    """How the run was trained, in words: `QLoRA`, `LoRA with DoRA and LoRA+`, `full fine-tuning`, `QLoRA and a
+    classification head`."""
     params = run_info.get("params", {})
     method = params.get("train", {}).get("method", "qlora")
+    head = " and a classification head" if run_info.get("task", {}).get("train", {}).get("objective") == "head" else ""
     if method == "full":
-        return METHODS[method]
+        return METHODS[method] + head
     lora = params.get("lora", {})
     variants = [name for key, name in VARIANTS if lora.get(key)]
     if lora.get("init") in INITS:
         variants.append(INITS[lora["init"]])
     if lora.get("plus_lr_ratio"):
         variants.append("LoRA+")
-    return METHODS[method] + (" with " + " and ".join(variants) if variants else "")
+    return METHODS[method] + (" with " + " and ".join(variants) if variants else "") + head
 
 
 def model_names(run_info: dict) -> dict[str, str]:

@@ -24,6 +24,8 @@ def main() -> None:
     parser.add_argument("details", help="output: per-class scores, or all text metrics and the probe answers")
     parser.add_argument("predictions", help="output: one row per test example (CSV)")
     parser.add_argument("confusion", help="output: actual vs predicted label per model (CSV, the confusion plots)")
+    parser.add_argument("timings", help="each model's seconds (JSON; not a DVC output: the same evaluation gives the "
+                                        "same outputs, whatever the clock said)")
     args = parser.parse_args()
     task, p = params.read_stage(PARAMS)
     launch = param_schemas.DistributedParams(processes=p["distributed.processes"],
@@ -38,9 +40,11 @@ def main() -> None:
     kind = kinds.of(task)
     train, test = (read_jsonl(Path(args.split_dir) / f"{name}.jsonl") for name in ("train", "test"))
     tokenizer = base_model.load_tokenizer(model_p.name, model_p.revision)
-    base = lambda: methods.load_base(model_p.name, model_p.revision, p["train.method"], quant)  # noqa: E731
+    base = lambda head=None: methods.load_base(model_p.name, model_p.revision, p["train.method"], quant,  # noqa: E731
+                                               head=head)
+    seconds = {}
     results, details, predictions = kind.evaluate(args.adapter_dir, base, tokenizer, train, test, task, batch_size,
-                                                  p["evaluate"], p["baseline"])
+                                                  p["evaluate"], p["baseline"], clock=seconds)
 
     if not distributed.is_main():
         return
@@ -49,6 +53,7 @@ def main() -> None:
     write_json(args.details, details)
     write_csv(args.predictions, predictions)
     write_csv(args.confusion, kind.confusion_rows(predictions))
+    write_json(args.timings, {"seconds": seconds, "test_rows": len(test)})
     print("evaluate: " + "; ".join(f"{name} " + ", ".join(f"{k} {v}" for k, v in m.items()) for name, m in summary.items()))
 
 

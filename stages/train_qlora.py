@@ -43,10 +43,11 @@ def main() -> None:
     split_files = [Path(args.split_dir) / f"{name}.jsonl" for name in ("train", "validation")]
     splits = {name: read_jsonl(path) for name, path in zip(("train", "validation"), split_files)}
     kind = kinds.of(task)
-    encoded = {name: kind.encode(tokenizer, rows, task) for name, rows in splits.items()}
+    labels = kind.labels(splits["train"])
+    encoded = {name: kind.encode(tokenizer, rows, task, labels) for name, rows in splits.items()}
     run_info = {
         "task": {"name": task.name, **params.task_as_dict(task, TASK_PARTS)},
-        "labels": kind.labels(splits["train"]),
+        "labels": labels,
         "params": {name: params.as_dict(section) for name, section in p.items()},
         "base_model": base_model.identity(model_p.name, model_p.revision),
         "data_sha256": provenance.data_hash(*split_files),
@@ -62,7 +63,7 @@ def main() -> None:
 
     sharded = p["distributed"].strategy == "fsdp" and distributed.world_size() > 1
     model = methods.load_base(model_p.name, model_p.revision, train_p.method, quant, dense=False,  # dense-copied later
-                              sharded=sharded)
+                              sharded=sharded, head=kind.model_head(run_info["task"], labels, tokenizer))
     live = lambda: curves(checkpoints.live_dir, resume=resume is not None)  # noqa: E731 (made once the run starts)
     try:
         trained, result, timings = train_model(model, tokenizer, encoded["train"], encoded["validation"], task.train, train_p,

@@ -63,7 +63,8 @@ def test_evaluate_on_two_processes_writes_what_one_process_writes(two_process_re
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     try:
         env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-        proc = subprocess.run([sys.executable, "-m", "stages.evaluate", "data/split", "models/adapter", *outputs],
+        proc = subprocess.run([sys.executable, "-m", "stages.evaluate", "data/split", "models/adapter", *outputs,
+                               "metrics/timings/evaluate.json"],
                               cwd=repo, env=env, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr[-3000:]
     finally:

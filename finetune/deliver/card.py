@@ -32,6 +32,7 @@ MERGES = {  # run.json's merge.into (finetune.deliver.merge) -> what the merged 
     "dequantized": "The adapter was merged into the 4-bit weights it was trained against, dequantized: this is the "
                    "evaluated adapter-on-4-bit model as one plain model.",
 }
+PIPELINE_TAGS = {"AutoModelForCausalLM": "text-generation", "AutoModelForSequenceClassification": "text-classification"}
 WHERE = "path/to/this/folder"  # what the loading code opens: the user puts this folder's path or hub id there
 NO_CARD = CardParams(description="", example="your text here", limits=[])  # a run whose task's params are gone
 
@@ -75,9 +76,10 @@ def _metadata(run_info: dict, artifact: str) -> ModelCardData:
     method = method_of(run_info)
     tags = [*({"qlora": ["lora", "qlora"], "lora": ["lora"]}.get(method, ["full-fine-tuning"])),
             kinds.get(task["kind"]).hub_tag, *(["gguf"] if artifact == "gguf" else []), "dvc"]
-    # pipeline_tag is how the model is called: a causal LM that writes its answer, even when it classifies.
+    # pipeline_tag is how the model is called: a causal LM writes its answer, even when it classifies.
+    pipeline = PIPELINE_TAGS[kinds.get(task["kind"]).card_auto_class(run_info)]
     return ModelCardData(base_model=base, library_name=library, tags=tags, datasets=[data_id] if data_id else None,
-                         pipeline_tag="text-generation", base_model_relation=relation if base else None)
+                         pipeline_tag=pipeline, base_model_relation=relation if base else None)
 
 
 def _summary(run_info: dict, artifact: str, base_text: str, about: CardParams) -> list[str]:
@@ -105,6 +107,7 @@ def _evaluation(run_info: dict, metrics: dict | None) -> list[str]:
 def _loading_code(run_info: dict, artifact: str, example: str) -> list[str]:
     params = run_info["params"]
     kind = kinds.get(run_info["task"]["kind"])
+    auto = kind.card_auto_class(run_info)
     if artifact == "gguf":
         return ["## How to use it", "", "With llama.cpp, where MODEL.gguf is one of the `.gguf` files in this folder:", "",
                 "```bash", kind.card_gguf_command(run_info, example), "```", ""]
@@ -114,24 +117,30 @@ def _loading_code(run_info: dict, artifact: str, example: str) -> list[str]:
         base_name, revision = params["base_model"]["name"], params["base_model"]["revision"]
         hub_id = base_hub_id(base_name) or base_name
         where = f'"{hub_id}"' + (f', revision="{revision}"' if not is_local(base_name) else "")
-        imports = ["AutoModelForCausalLM", "AutoTokenizer", *(["BitsAndBytesConfig"] if four_bit else [])]
+        imports = [auto, "AutoTokenizer", *(["BitsAndBytesConfig"] if four_bit else [])]
         lines = ["from peft import PeftModel", f"from transformers import {', '.join(imports)}", "",
                  f'MODEL = "{WHERE}"  # this folder, or the hub id it is published under']
+        head = kind.card_head_arguments(run_info)  # a classification head: its labels, read before the base loads
+        if head:
+            lines += ["tokenizer = AutoTokenizer.from_pretrained(MODEL)", *head[0]]
+        extra = f", {head[1]}" if head else ""
         if four_bit:
             lines += ["quantization = BitsAndBytesConfig(  # the 4-bit base it was trained on",
                       f'    load_in_4bit=True, bnb_4bit_quant_type="{quant["quant_type"]}", '
                       f'bnb_4bit_use_double_quant={quant["double_quant"]})',
-                      f"base = AutoModelForCausalLM.from_pretrained({where}, quantization_config=quantization)"]
+                      f"base = {auto}.from_pretrained({where}, quantization_config=quantization{extra})"]
         else:
-            lines += [f"base = AutoModelForCausalLM.from_pretrained({where})"]
+            lines += [f"base = {auto}.from_pretrained({where}{extra})"]
         lines += ["model = PeftModel.from_pretrained(base, MODEL).eval()"]
         intro = "Load the base model, then the adapter on it (the tokenizer is saved beside the adapter):"
     else:
-        lines = ["from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+        head = None
+        lines = [f"from transformers import {auto}, AutoTokenizer", "",
                  f'MODEL = "{WHERE}"  # this folder, or the hub id it is published under',
-                 'model = AutoModelForCausalLM.from_pretrained(MODEL, dtype="auto").eval()']
+                 f'model = {auto}.from_pretrained(MODEL, dtype="auto").eval()']
         intro = "A plain transformers model:"
-    lines += ["tokenizer = AutoTokenizer.from_pretrained(MODEL)", "", *kind.card_code(run_info, example)]
+    lines += [*([] if head else ["tokenizer = AutoTokenizer.from_pretrained(MODEL)"]), "",
+              *kind.card_code(run_info, example)]
     after = []
     known = _known_export(params["base_model"]["name"]) if artifact == "adapter" else None
     if known:

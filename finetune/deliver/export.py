@@ -97,7 +97,11 @@ def release(split_dir: Path, adapter_dir: Path, metrics_dir: Path, release_dir: 
             copy_adapter(trained.folder, release / "adapter")
         merged_info = merged_run_info(trained, merged_into, model)
         save_merged(model, tokenizer, release / "merged", merged_info)
-        figures["gguf"] = gguf_files(release / "merged", release / "gguf", export.gguf)
+        why_not = gguf.cannot_hold(release / "merged") if export.gguf else None
+        if why_not:
+            print(f"export: no GGUF files: {why_not}")
+            figures["gguf_not_made"] = why_not
+        figures["gguf"] = {} if why_not else gguf_files(release / "merged", release / "gguf", export.gguf)
         cards = {**({} if trained.is_whole_model else {"adapter": trained.info}), "merged": merged_info,
                  **({"gguf": merged_info} if figures["gguf"] else {})}
         for artifact, info in cards.items():

@@ -71,12 +71,26 @@ def _converter_input(model_dir: Path, scratch: Path) -> Path:
     return view
 
 
+# llama.cpp's converter (0.3.36) takes a sequence classification head only on BERT-family encoders (rerankers)
+NO_HEAD = ("llama.cpp's converter writes no GGUF of a causal model with a classification head (it takes heads on "
+           "BERT-family encoders only); use the merged transformers folder, or train with objective label_scoring")
+
+
+def cannot_hold(model_dir: str | Path) -> str | None:
+    """Why the folder's model cannot be a GGUF file, or None."""
+    from finetune.model.base_model import is_classifier_folder
+
+    return NO_HEAD if is_classifier_folder(str(model_dir)) else None
+
+
 def convert(model_dir: str | Path, out_dir: str | Path, types: tuple[str, ...] = ("f16", "q8_0"),
             sdist: str | Path | None = None) -> dict[str, Path]:
     """One GGUF file per type (`out_dir/model-<type>.gguf`) of a plain transformers model folder."""
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise PipelineError(f"{model_dir} has no config.json: give the merged model's folder")
+    if cannot_hold(model_dir):
+        raise PipelineError(f"{model_dir}: {cannot_hold(model_dir)}")
     script = converter_script(sdist)
     env = {**os.environ, "TQDM_DISABLE": "1"}  # progress bars would otherwise end up on the error's line
     files = {}

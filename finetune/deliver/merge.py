@@ -24,7 +24,8 @@ def merged_model(run: TrainedRun, into: str):
                             "there is nothing to merge; load, predict with or convert it as it is")
     check_base_unchanged(run)
     quantized = into == "dequantized" and run.quantization() is not None
-    base = base_model.load_model(run.base_name, run.base_revision, run.quantization() if quantized else None)
+    head = run.head(base_model.load_tokenizer(str(run.folder), "main"))  # a classification head's labels and pad token
+    base = base_model.load_model(run.base_name, run.base_revision, run.quantization() if quantized else None, head=head)
     if quantized:
         base = base_model.dequantized(base)
         base.hf_quantizer.remove_quantization_config(base)  # plain weights now; a saved folder must not claim 4-bit

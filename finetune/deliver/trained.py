@@ -65,6 +65,10 @@ class TrainedRun:
         """A whole model folder (full fine-tuning's, or a merge), not an adapter."""
         return is_whole_model(self.folder)
 
+    def head(self, tokenizer) -> dict | None:
+        """The config of the classification head the run trained (finetune.model.head), or None."""
+        return self.kind.model_head(self.info["task"], self.info.get("labels"), tokenizer)
+
     def quantization(self):
         from finetune.model import base_model
 
@@ -156,12 +160,14 @@ def check_base_unchanged(run: TrainedRun) -> None:
                             "restore it, or retrain the adapter (`dvc repro train_qlora`)")
 
 
-def load_base(run: TrainedRun, quantized: bool = True):
-    """The base model as training saw it: in 4-bit (dense-copied when small) when it was trained so, unless not `quantized`."""
+def load_base(run: TrainedRun, tokenizer, quantized: bool = True):
+    """The base model as training saw it: in 4-bit (dense-copied when small) when it was trained so, unless not
+    `quantized`; with a new classification head where the run trained one (the adapter holds its weights)."""
     from finetune.model import base_model
 
     check_base_unchanged(run)
-    model = base_model.load_model(run.base_name, run.base_revision, run.quantization() if quantized else None)
+    model = base_model.load_model(run.base_name, run.base_revision, run.quantization() if quantized else None,
+                                  head=run.head(tokenizer))
     return base_model.dense_copy(model)
 
 
@@ -178,6 +184,6 @@ def load_trained(folder: str | Path):
     if run.is_whole_model:  # a merged folder, or full fine-tuning's: a plain model
         model = base_model.load_model(str(run.folder), "main")
     else:
-        model = load_adapter(load_base(run), str(run.folder))
+        model = load_adapter(load_base(run, tokenizer), str(run.folder))
     model.eval()
     return run, model, tokenizer

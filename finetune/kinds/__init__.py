@@ -52,19 +52,26 @@ class TaskKind:
         raise NotImplementedError
 
     # train_qlora
-    def encode(self, tokenizer, rows: list[dict], task: Task) -> list[dict]:
-        """A split's rows as training examples: input ids, and labels that train the answer only."""
+    def encode(self, tokenizer, rows: list[dict], task: Task, labels: list[str] | None = None) -> list[dict]:
+        """A split's rows as training examples (`labels`: the run's, from the training split; None: the rows')."""
         raise NotImplementedError
 
     def labels(self, train_rows: list[dict]) -> list[str] | None:
         """The answers the model may give (run.json's `labels`), or None for free text."""
         return None
 
+    def model_head(self, task: dict, labels: list[str] | None, tokenizer) -> dict | None:
+        """The config of the classification head the model is trained with, for a task as run.json records it
+        (finetune.model.head); None: the model writes its answers, with its own LM head."""
+        return None
+
     # evaluate
     def evaluate(self, trained_folder, load_base, tokenizer, train_rows: list[dict], test_rows: list[dict], task: Task,
-                 batch_size: int, evaluate: param_schemas.EvaluateParams,
-                 baseline: param_schemas.BaselineParams) -> tuple[dict, dict, pd.DataFrame]:
-        """{model: metrics} of every model, the details file, and one prediction row per test example."""
+                 batch_size: int, evaluate: param_schemas.EvaluateParams, baseline: param_schemas.BaselineParams,
+                 clock: dict | None = None) -> tuple[dict, dict, pd.DataFrame]:
+        """{model: metrics} of every model, the details file, and one prediction row per test example; `clock`, if
+        given, gets each model's seconds (its loading included), which vary from run to run and so stay out of the
+        results."""
         raise NotImplementedError
 
     def confusion_rows(self, predictions: pd.DataFrame) -> pd.DataFrame:
@@ -99,6 +106,15 @@ class TaskKind:
 
     def card_what_it_does(self, run_info: dict) -> list[str]:
         raise NotImplementedError
+
+    def card_auto_class(self, run_info: dict) -> str:
+        """The transformers class that loads the trained model, as the model cards write it."""
+        return "AutoModelForCausalLM"
+
+    def card_head_arguments(self, run_info: dict) -> tuple[list[str], str] | None:
+        """For an adapter trained with a classification head: the lines that set up its labels, and the arguments
+        that give the base its head when it loads; None without a head."""
+        return None
 
     def card_code(self, run_info: dict, example: str) -> list[str]:
         """Python lines that use the loaded `model` and `tokenizer` on `example`, as evaluate did."""

@@ -8,6 +8,7 @@ reference with BLEU and ROUGE-L, with the references' perplexity beside them.
 from __future__ import annotations
 
 import json
+import time
 
 from finetune import kinds
 from finetune.data.dialogues import build_dialogues
@@ -49,12 +50,12 @@ class Generation(kinds.TaskKind):
     def split(self, examples, split, caps):
         return split_conversations(examples, split.validation_fraction, split.test_fraction, caps, split.seed), {}
 
-    def encode(self, tokenizer, rows, task):
+    def encode(self, tokenizer, rows, task, labels=None):
         return [encode_conversation(tokenizer, row["messages"], task.prompt.system, task.prompt.chat_template,
                                     task.train.max_length) for row in rows]
 
     def evaluate(self, trained_folder, load_base, tokenizer, train_rows, test_rows, task, batch_size, evaluate,
-                 baseline):
+                 baseline, clock=None):
         """Both models answer every test prompt and every probe; text metrics and the perplexity of the references."""
         import pandas as pd
 
@@ -71,6 +72,7 @@ class Generation(kinds.TaskKind):
         references = [row["messages"][-1]["content"] for row in test_rows]
         results, answers = {}, {}
         n = len(test_rows)
+        clock, start = {} if clock is None else clock, time.perf_counter()
         for name, model in models_side_by_side(trained_folder, load_base):
             answers[name] = answer_conversations(model, tokenizer, conversations, prompt, max_length, batch_size,
                                                  settings.max_new_tokens, settings.no_repeat_ngram_size,
@@ -78,6 +80,7 @@ class Generation(kinds.TaskKind):
             ppl = perplexity(model, tokenizer, encoded, batch_size, desc=f"{name}: perplexity")
             del model  # a whole base model is freed before the fine-tuned one loads
             results[name] = {**generation_metrics(answers[name][:n], references), "perplexity": round(ppl, 4)}
+            clock[name], start = round(time.perf_counter() - start, 1), time.perf_counter()
         predictions = pd.DataFrame({
             "id": [row["id"] for row in test_rows],
             "prompt": [next(m["content"] for m in reversed(row["messages"][:-1]) if m["role"] == "user")

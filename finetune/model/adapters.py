@@ -8,14 +8,17 @@ import torch
 from peft import LoraConfig
 
 from finetune.errors import PipelineError
+from finetune.model.base_model import output_layer
+from finetune.model.head import HEAD, is_classifier
 from finetune.param_schemas import LoraParams
 
 ALL_LINEAR = "all-linear"
 
 
 def linear_layer_names(model) -> list[str]:
-    """Short names of the model's linear layers (4-bit ones included), the output head excluded."""
-    head = model.get_output_embeddings()
+    """Short names of the model's linear layers (4-bit ones included), the output head (or classification head)
+    excluded."""
+    head = output_layer(model)
     names = {
         name.rsplit(".", 1)[-1]
         for name, module in model.named_modules()
@@ -42,9 +45,13 @@ REWRITES_BASE = ("pissa", "olora")  # inits that move part of the base weights i
 
 
 def lora_config(model, lora: LoraParams) -> LoraConfig:
-    """A PEFT LoRA config for causal language modelling, with PEFT's variants as params.yaml sets them."""
+    """A PEFT LoRA config for causal language modelling, or for a model with a classification head (the head then
+    trains whole beside the adapter and is saved with it: `modules_to_save`), with PEFT's variants as params.yaml
+    sets them."""
+    head = is_classifier(model)
     return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                      target_modules=target_modules(model, lora.target_modules), bias="none", task_type="CAUSAL_LM",
+                      target_modules=target_modules(model, lora.target_modules), bias="none",
+                      task_type="SEQ_CLS" if head else "CAUSAL_LM", modules_to_save=[HEAD] if head else None,
                       use_dora=lora.use_dora, use_rslora=lora.use_rslora, init_lora_weights=INITS[lora.init])
 
 

@@ -107,6 +107,23 @@ def _plain_linear_layers():
         modeling_falcon.FalconLinear = original
 
 
+@contextlib.contextmanager
+def _new_head_quiet(new_head: bool):
+    """transformers reports a new head's weights as missing from the checkpoint, as if something were wrong: they are
+    made here on purpose (and trained, or loaded from the adapter)."""
+    if not new_head:
+        yield
+        return
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+
+
 @functools.cache
 def _falcon_attention_with_repeated_key_value():
     from transformers.models.falcon.modeling_falcon import FalconAttention
@@ -152,25 +169,44 @@ def key_value_heads_repeated(model):
             module.__class__, module.num_kv_heads = FalconAttention, 1
 
 
+def output_layer(model):
+    """The layer that turns the last hidden states into the model's output: the LM head, or a classification head."""
+    return model.get_output_embeddings() or getattr(model, "score", None)
+
+
 def unquantized_layers(model) -> list[str]:
     """Names of linear layers (the output head aside) that are not 4-bit."""
     import bitsandbytes as bnb
 
-    head = model.get_output_embeddings()
+    head = output_layer(model)
     return [name for name, module in model.named_modules()
             if isinstance(module, torch.nn.Linear) and module is not head and not isinstance(module, bnb.nn.Linear4bit)]
 
 
-def load_model(name: str, revision: str, quantization=None, dtype: torch.dtype | None = None):
-    """The base causal LM on this machine's device, in 4-bit if `quantization` is given, else in `dtype`
-    (default: the compute dtype)."""
-    from transformers import AutoModelForCausalLM
+def is_classifier_folder(name: str) -> bool:
+    """A local model folder saved with a classification head (its config names a ...ForSequenceClassification)."""
+    config = Path(name).expanduser() / "config.json"
+    if not is_local(name) or not config.is_file():
+        return False
+    import json
 
+    architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+    return any(a.endswith("ForSequenceClassification") for a in architectures)
+
+
+def load_model(name: str, revision: str, quantization=None, dtype: torch.dtype | None = None, head: dict | None = None):
+    """The base model on this machine's device, in 4-bit if `quantization` is given, else in `dtype` (default: the
+    compute dtype): a causal LM, or with `head` (the config of a classification head, `finetune.model.head`) the same
+    model with that head on its last token, new and untrained. A folder saved with a head loads with it."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    classifier = head is not None or is_classifier_folder(name)
+    auto = AutoModelForSequenceClassification if classifier else AutoModelForCausalLM
     try:
-        with _plain_linear_layers():
-            model = AutoModelForCausalLM.from_pretrained(
+        with _plain_linear_layers(), _new_head_quiet(head is not None):
+            model = auto.from_pretrained(
                 **_source(name, revision), quantization_config=quantization, dtype=dtype or compute_dtype(),
-                device_map={"": device()})
+                device_map={"": device()}, **(head or {}))
     except OSError as e:
         raise _hub_error(name, revision, e) from None
     if quantization is not None and getattr(quantization, "load_in_4bit", False):

@@ -19,6 +19,7 @@ from finetune.errors import PipelineError
 from finetune.model import base_model
 from finetune.model.adapters import REWRITES_BASE, load_adapter, lora_config
 from finetune.model.folders import is_local, is_whole_model
+from finetune.model.head import HEAD, is_classifier, start_head
 from finetune.param_schemas import LoraParams, QuantizationParams
 
 def quantization(method: str, quant: QuantizationParams, sharded: bool = False):
@@ -32,10 +33,12 @@ def base_dtype(method: str) -> torch.dtype | None:
 
 
 def load_base(name: str, revision: str, method: str, quant: QuantizationParams, dense: bool = True,
-              sharded: bool = False):
+              sharded: bool = False, head: dict | None = None):
     """The base model as `method` trains and scores it; a small 4-bit base is dense-copied (`base_model.dense_copy`)
-    unless not `dense`. `sharded`: the model is about to be sharded by FSDP."""
-    model = base_model.load_model(name, revision, quantization(method, quant, sharded), dtype=base_dtype(method))
+    unless not `dense`. `sharded`: the model is about to be sharded by FSDP. `head`: with a new classification head
+    of that config (`finetune.model.head.head_config`)."""
+    model = base_model.load_model(name, revision, quantization(method, quant, sharded), dtype=base_dtype(method),
+                                  head=head)
     return base_model.dense_copy(model) if dense else model
 
 
@@ -128,7 +131,10 @@ def loftq_start(model, base_folder: str) -> int:
 
 
 def trainable(model, method: str, lora: LoraParams, checkpointing: bool, base_folder: str) -> Trainable:
-    """Make `model` (as `load_base(..., dense=False)` gave it) ready for `method`."""
+    """Make `model` (as `load_base(..., dense=False)` gave it) ready for `method`; a classification head starts from
+    the seed set before, and trains whole (with every weight, or beside the adapter)."""
+    if is_classifier(model):
+        start_head(model)
     if method == "full":
         for param in model.parameters():
             param.requires_grad_(True)
@@ -173,10 +179,25 @@ def save(trained: Trainable, dest: Path) -> None:
     with warnings.catch_warnings():  # PEFT warns "PiSSA/OLoRA changes the base weights ... convert it", while converting
         warnings.filterwarnings("ignore", message=r".*changes the base weights of the model", category=UserWarning)
         model.save_pretrained(dest, state_dict=trained.state_dict, path_initial_model_for_weight_conversion=conversion)
+    if conversion and is_classifier(model):
+        _head_kept(model, Path(dest))
+
+
+def _head_kept(model, dest: Path) -> None:
+    """Put the trained classification head back into a converted PiSSA / OLoRA adapter: PEFT's conversion writes the
+    LoRA weights only (peft 0.21), and the head, trained on top of the same effective weights, still holds."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file, save_file
+
+    head = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()
+            if k.rsplit(".", 2)[-2] == HEAD}
+    file = dest / "adapter_model.safetensors"
+    save_file({**load_file(file), **head}, file, metadata={"format": "pt"})
 
 
 def load_trained(folder: str | Path, load_base_model):
-    """The trained model for inference: a whole model folder as it is, or the adapter on `load_base_model()`."""
+    """The trained model for inference: a whole model folder as it is (with its classification head, if it has one),
+    or the adapter on `load_base_model()` (which gives the base its head, for an adapter trained with one)."""
     if is_whole_model(folder):
         return base_model.load_model(str(folder), "main")
     return load_adapter(load_base_model(), str(folder))

@@ -140,6 +140,17 @@ def left_pad(rows: list[list[int]], pad_value: int) -> tuple[torch.Tensor, torch
     return ids, mask
 
 
+def right_pad(rows: list[list[int]], pad_value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack rows left-aligned (each keeps the positions it has alone); returns ids and attention mask."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_value, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, :len(r)] = 1
+    return ids, mask
+
+
 def positions(mask: torch.Tensor) -> torch.Tensor:
     """Position ids that start at 0 on each row's first real token, whatever the padding."""
     return (mask.cumsum(-1) - 1).clamp(min=0)

@@ -7,7 +7,6 @@ import math
 
 import torch
 from transformers import TrainerCallback
-from trl import SFTTrainer
 
 from finetune.errors import PipelineError
 
@@ -25,8 +24,9 @@ def diverged(what: str, value: float, step: int, what_to_try: str) -> PipelineEr
     return PipelineError(f"training diverged at step {step}: the {what} is {value}; {what_to_try}")
 
 
-class GuardedTrainer(SFTTrainer):
-    """TRL's SFTTrainer, with each micro-batch's loss checked (the Trainer already reads it back every step)."""
+class LossGuard:
+    """A Trainer (inherited after this) with each micro-batch's loss checked (the Trainer already reads it back every
+    step)."""
 
     def __init__(self, *args, what_to_try: str, **kwargs):
         super().__init__(*args, **kwargs)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from finetune.errors import PipelineError
 from finetune.param_schemas import TaskTrainParams, TrainParams
 from finetune.train import distributed
 from finetune.train.memory import StepMemory, activation_bytes, optimizer_bytes
@@ -70,9 +71,14 @@ class StepPlan:
 
 
 def plan_step(task_train: TaskTrainParams, params: TrainParams, lengths: list[int], answer_tokens: int,
-              model: ModelSize, device: Device) -> StepPlan:
-    """The step plan for examples of `lengths` tokens (`answer_tokens`: the most any one trains on)."""
-    padding_free = wants_padding_free(params.padding_free, lengths, device.on_gpu, params.gpu_batch_tokens)
+              model: ModelSize, device: Device, packable: bool = True) -> StepPlan:
+    """The step plan for examples of `lengths` tokens (`answer_tokens`: the most any one trains on). Not `packable`:
+    the model reads each row's last token (a classification head), so a batch's examples cannot share a row."""
+    if not packable and params.padding_free is True:
+        raise PipelineError("train.padding_free is true, which packs a batch's examples into one row; a classification "
+                            "head reads each row's last token, so its examples cannot share one: set train.padding_free "
+                            "to auto or false")
+    padding_free = packable and wants_padding_free(params.padding_free, lengths, device.on_gpu, params.gpu_batch_tokens)
     batch = device_batch_size(task_train, params, lengths, device.on_gpu, packed=padding_free)
     if batch > task_train.batch_size:  # grown on a GPU: to a batch the processes share evenly
         batch = max(task_train.batch_size, batch - batch % device.processes)

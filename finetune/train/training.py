@@ -1,5 +1,6 @@
-"""Training through TRL's SFTTrainer as plan -> build -> run: QLoRA, LoRA or full fine-tuning, the loss on the answers
-only, DVCLive curves, checkpoints, guards. The plan is finetune/train/plan.py, the trainer finetune/train/sft.py."""
+"""Training as plan -> build -> run: QLoRA, LoRA or full fine-tuning, DVCLive curves, checkpoints, guards. The plan is
+finetune/train/plan.py; the trainer is TRL's SFTTrainer with the loss on the answers only (finetune/train/sft.py), or,
+for a model with a classification head, the transformers Trainer (finetune/train/head.py)."""
 
 from __future__ import annotations
 
@@ -19,14 +20,14 @@ from finetune.errors import PipelineError
 from finetune.files import atomic_path, write_json
 from finetune.model import methods
 from finetune.model.base_model import device, key_value_heads_repeated
+from finetune.model.head import is_classifier
 from finetune.model.methods import Trainable
 from finetune.param_schemas import LoraParams, TaskTrainParams, TrainParams
 from finetune.text.prompts import IGNORE_INDEX
-from finetune.train import distributed, memory
+from finetune.train import distributed, head, memory, sft
 from finetune.train.batching import PackedAttention, any_length_attention, flash_over_examples
 from finetune.train.checkpoints import CheckpointCallback
 from finetune.train.plan import Device, ModelSize, StepPlan, plan_step
-from finetune.train.sft import build_trainer
 
 
 @dataclasses.dataclass
@@ -84,8 +85,10 @@ def step_plan(model, train_set: list[dict], task_train: TaskTrainParams, params:
               lora: LoraParams) -> StepPlan:
     """The step plan for these examples, this model (before the adapter is added) and this device."""
     lengths = [len(ex["input_ids"]) for ex in train_set]
-    answers = max((sum(label != IGNORE_INDEX for label in ex["labels"]) for ex in train_set), default=0)
-    return plan_step(task_train, params, lengths, answers, model_size(model, params.method, lora.r), this_device())
+    # a head's examples have a label number, not answer tokens: its output is one row of label scores
+    answers = max((sum(label != IGNORE_INDEX for label in ex.get("labels", ())) for ex in train_set), default=0)
+    return plan_step(task_train, params, lengths, answers, model_size(model, params.method, lora.r), this_device(),
+                     packable=not is_classifier(model))
 
 
 def compile_blocks(model, backend: str = "inductor") -> int:
@@ -141,8 +144,9 @@ def train_model(model, tokenizer, train_set: list[dict], validation_set: list[di
     if plan.compile and not compile_blocks(trained.model):
         raise PipelineError(f"train.compile: found no decoder blocks to compile in {type(trained.model).__name__}; "
                             "set train.compile: false")
-    trainer = build_trainer(trained, tokenizer, train_set, validation_set, plan, params, lora, task_train.epochs,
-                            work_dir, callbacks + ([saving] if saving else []))
+    build = head.build_trainer if is_classifier(trained.model) else sft.build_trainer
+    trainer = build(trained, tokenizer, train_set, validation_set, plan, params, lora, task_train.epochs, work_dir,
+                    callbacks + ([saving] if saving else []))
     output, runtime = run_trainer(trainer, plan, saving, resume_from)
     if trainer.is_fsdp_enabled:  # every rank hands in its shards; rank 0 gets the whole state dict to save
         trained.state_dict = trainer.accelerator.get_state_dict(trainer.model)

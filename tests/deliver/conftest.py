@@ -57,11 +57,12 @@ def chatter(tmp_path_factory, tokenizer) -> Path:
 
 
 def classify_texts(run, model, tokenizer, texts: list[str], batch_size: int, memory_gib: float) -> list[str]:
-    """The labels a classification run gives (label scoring with the prompt and labels it recorded)."""
-    from finetune.kinds.classification import label_texts
+    """The labels a classification run gives (by its objective, with the prompt and labels it recorded)."""
+    from finetune.kinds.classification import objective_of
 
-    return label_texts(model, tokenizer, texts, run.labels, run.prompt.template, run.prompt.answer_prefix, batch_size,
-                       memory_gib)
+    scores = objective_of(run.info["task"]).scores(model, tokenizer, texts, run.labels, run.prompt, run.max_length,
+                                                    batch_size, memory_gib)
+    return [run.labels[i] for i in scores.argmax(axis=1)]
 
 
 def answer_conversations(run, model, tokenizer, conversations: list[list[dict]], batch_size: int, max_new_tokens: int,

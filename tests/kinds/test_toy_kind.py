@@ -50,12 +50,12 @@ class Echo(kinds.TaskKind):
         n_test = max(1, int(len(examples) * split.test_fraction))
         return {"train": examples[n_test:], "validation": examples[:0], "test": examples[:n_test]}, {}
 
-    def encode(self, tokenizer, rows, task):
+    def encode(self, tokenizer, rows, task, labels=None):
         return [encode_example(tokenizer, render_prompt(task.prompt.template, row["text"]),
                                answer_ids(tokenizer, " ", row["text"]), task.train.max_length) for row in rows]
 
     def evaluate(self, trained_folder, load_base, tokenizer, train_rows, test_rows, task, batch_size, evaluate,
-                 baseline):
+                 baseline, clock=None):
         from finetune.evaluate.scoring import generate_answers
         from finetune.model.methods import models_side_by_side
 

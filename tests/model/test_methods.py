@@ -12,7 +12,7 @@ from finetune.errors import PipelineError
 from finetune.evaluate.scoring import label_scores
 from finetune.model import methods
 from finetune.model.folders import is_whole_model
-from finetune.train.sft import loraplus_optimizer
+from finetune.train.trainer import loraplus_optimizer
 from finetune.train.training import save_trained, train_model
 from tests.conftest import lora_params, tiny_falcon, tiny_llama
 

@@ -149,6 +149,19 @@ def test_a_gpu_plan_grows_packs_scales_compiles_and_checks_the_memory():
     assert low.gradient_checkpointing and low.batch == task_train.batch_size * task_train.max_length // 15
 
 
+def test_a_head_grows_its_batch_on_a_gpu_but_never_packs_rows():
+    """A classification head reads each row's last token: the GPU's grown batch applies, packing does not, and asking
+    for it is refused with the params' words."""
+    from transformers import LlamaConfig
+
+    task_train, train = settings(gpu_batch_tokens=8192, gpu_min_steps=100)
+    lengths, size, gpu = [15] * 30_000 + [45], ModelSize(LlamaConfig(), 7 * LARGE_MODEL, 40_000_000), Device(True, 1, 80 * GIB)
+    plan = plan_step(task_train, train, lengths, 0, size, gpu, packable=False)
+    assert not plan.padding_free and plan.batch == 8192 // 45  # padded: the budget at the longest example
+    with pytest.raises(PipelineError, match="train.padding_free is true.*set train.padding_free to auto or false"):
+        plan_step(task_train, params.replace(train, padding_free=True), lengths, 0, size, gpu, packable=False)
+
+
 @pytest.mark.parametrize("arch", ["llama", "falcon"])
 def test_compiled_blocks_compute_the_same_loss_and_adapter_gradients(arch):
     """Every decoder block compiled (aot_eager here: the graph capture without code generation), the

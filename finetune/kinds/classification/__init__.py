@@ -1,13 +1,15 @@
 """Classification: a text in, one label of a closed set out (Instacart departments, BigBasket categories).
 
-The model learns to write the label after the prompt; evaluate, export and predict score every allowed label
-(label scoring, finetune/evaluate/scoring.py), so an answer is always one of the labels. A TF-IDF + logistic
-regression baseline is fitted on the same split beside it.
+What the model learns is the task's `train.objective`, a module each in this package: to write the label, every
+label then scored by its likelihood (label_scoring.py), or to fill a classification head (head.py). Either way an
+answer is always one of the labels. The base model is scored zero-shot by label scoring, and a TF-IDF + logistic
+regression baseline is fitted on the same split beside them.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,19 +19,20 @@ from finetune import kinds
 from finetune.data.examples import build_examples, class_counts
 from finetune.data.splits import split_examples, train_only_classes
 from finetune.errors import PipelineError
-from finetune.param_schemas import ClassificationTask, Task
+from finetune.kinds.classification.head import Head
+from finetune.kinds.classification.label_scoring import LabelScoring
+from finetune.kinds.classification.objective import Objective
+from finetune.param_schemas import ClassificationTask
 from finetune.tables import cell, metrics_table, table
-from finetune.text.prompts import answer_ids, check_room, encode_example, render_prompt
 
-def label_texts(model, tokenizer, texts: list[str], labels: list[str], template: str, answer_prefix: str,
-                batch_size: int, memory_gib: float, desc: str = "scoring labels") -> list[str]:
-    """The likeliest label of each text, by label scoring after the prompt made from `template`."""
-    from finetune.evaluate import scoring
+OBJECTIVES: dict[str, Objective] = {o.name: o for o in (LabelScoring(), Head())}
+ZERO_SHOT = OBJECTIVES["label_scoring"]  # how the base model is scored: it has no head
 
-    prompts = [render_prompt(template, t) for t in texts]
-    scores = scoring.label_scores(model, tokenizer, prompts, labels, answer_prefix, batch_size, desc=desc,
-                                  memory_gib=memory_gib)
-    return scoring.predict_by_scoring(scores, labels)
+
+def objective_of(task: dict) -> Objective:
+    """The objective of a task as run.json (or params, as a dict) records it; a run from before objectives scored
+    labels."""
+    return OBJECTIVES[task.get("train", {}).get("objective", "label_scoring")]
 
 
 class Classification(kinds.TaskKind):
@@ -55,49 +58,36 @@ class Classification(kinds.TaskKind):
         # only when there are some, so a split without such classes writes the same sizes file as before
         return splits, ({"train_only_classes": train_only} if train_only else {})
 
-    def encode(self, tokenizer, rows, task):
-        max_length = task.train.max_length
-        check_room(tokenizer, task.prompt.template, task.prompt.answer_prefix, sorted({row["label"] for row in rows}),
-                   max_length, f"tasks.{task.name}.train.max_length")
-        return [encode_example(tokenizer, render_prompt(task.prompt.template, row["text"]),
-                               answer_ids(tokenizer, task.prompt.answer_prefix, row["label"]), max_length)
-                for row in rows]
+    def encode(self, tokenizer, rows, task, labels=None):
+        return OBJECTIVES[task.train.objective].encode(tokenizer, rows, task, labels or self.labels(rows))
 
     def labels(self, train_rows):
         return sorted({row["label"] for row in train_rows})
 
+    def model_head(self, task, labels, tokenizer):
+        return objective_of(task).head(labels, tokenizer)
+
     def evaluate(self, trained_folder, load_base, tokenizer, train_rows, test_rows, task, batch_size, evaluate,
-                 baseline):
+                 baseline, clock=None):
         from finetune.evaluate import baseline as classic
-        from finetune.model.methods import models_side_by_side
 
         labels = self.labels(train_rows)
         texts, actual = [row["text"] for row in test_rows], [row["label"] for row in test_rows]
-        predicted = {}
-        for name, model in models_side_by_side(trained_folder, load_base):
-            predicted[name] = self._classify(model, tokenizer, texts, labels, task, batch_size, name,
-                                             evaluate.memory_gib)
+        objective = OBJECTIVES[task.train.objective]
+        clock = {} if clock is None else clock
+        predicted, start = {}, time.perf_counter()
+        for name, model in objective.side_by_side(trained_folder, load_base, labels, tokenizer):
+            by = ZERO_SHOT if name == "base" else objective
+            predicted[name] = by.classify(model, tokenizer, texts, labels, task, batch_size, name, evaluate.memory_gib)
             del model  # a whole base model is freed before the fine-tuned one loads
+            clock[name], start = round(time.perf_counter() - start, 1), time.perf_counter()
         predicted["classic"] = classic.fit_predict([r["text"] for r in train_rows], [r["label"] for r in train_rows],
                                                    texts, baseline)
+        clock["classic"] = round(time.perf_counter() - start, 1)
         predictions = pd.DataFrame({"id": [row["id"] for row in test_rows], "text": texts, "actual": actual,
                                     **predicted})
         results = {name: self._summary(actual, predictions[name].tolist(), labels) for name in self.models}
         return results, {"per_class": {name: m.pop("per_class") for name, m in results.items()}}, predictions
-
-    @staticmethod
-    def _classify(model, tokenizer, texts, labels, task: Task, batch_size, name, memory_gib) -> list[str]:
-        """A label for each text by the task's evaluate.method: label scoring, or greedy generation matched to one."""
-        from finetune.evaluate import scoring
-
-        prompt = task.prompt
-        if task.evaluate.method == "label_scoring":
-            return label_texts(model, tokenizer, texts, labels, prompt.template, prompt.answer_prefix, batch_size,
-                               memory_gib, desc=f"{name}: scoring labels")
-        prompts = [render_prompt(prompt.template, t) for t in texts]
-        answers = scoring.generate_answers(model, tokenizer, prompts, batch_size, task.evaluate.max_new_tokens,
-                                           desc=f"{name}: generating")
-        return scoring.match_labels(answers, labels)
 
     @staticmethod
     def _summary(actual: list[str], predicted: list[str], labels: list[str]) -> dict:
@@ -114,8 +104,9 @@ class Classification(kinds.TaskKind):
     def test_answers(self, run, model, tokenizer, test_rows, batch_size, memory_gib, task):
         from finetune.evaluate.metrics import classification_metrics
 
-        answers = label_texts(model, tokenizer, [row["text"] for row in test_rows], run.labels, run.prompt.template,
-                              run.prompt.answer_prefix, batch_size, memory_gib)
+        scores = objective_of(run.info["task"]).scores(model, tokenizer, [row["text"] for row in test_rows],
+                                                        run.labels, run.prompt, run.max_length, batch_size, memory_gib)
+        answers = [run.labels[i] for i in scores.argmax(axis=1)]
         metrics = classification_metrics([row["label"] for row in test_rows], answers, run.labels)
         return answers, {k: metrics[k] for k in ("accuracy", "macro_f1", "weighted_f1")}
 
@@ -123,9 +114,9 @@ class Classification(kinds.TaskKind):
         from finetune.evaluate import scoring
 
         labels, k = run.labels, min(options["top_k"], len(run.labels))
-        prompts = [render_prompt(run.prompt.template, t) for t in texts]
-        scores = scoring.label_scores(model, tokenizer, prompts, labels, run.prompt.answer_prefix,
-                                      options["batch_size"], memory_gib=options["memory_gib"], on_batch=on_batch)
+        scores = objective_of(run.info["task"]).scores(model, tokenizer, texts, labels, run.prompt, run.max_length,
+                                                        options["batch_size"], options["memory_gib"],
+                                                        on_batch=on_batch)
         probabilities = scoring.label_probabilities(scores)
         best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         return [{"label": labels[row[0]], "probability": round(float(p[row[0]]), 6),
@@ -169,41 +160,23 @@ class Classification(kinds.TaskKind):
 
     def card_what_it_does(self, run_info):
         task = run_info["task"]
-        prompt = task["prompt"]
         field = task.get("data", {}).get("input_field")
         field = f" (the `{field}` field)" if field else ""
-        return ["## What it does", "",
-                f"It reads a prompt made from this template, with `{{text}}` replaced by the input{field}, and answers "
-                f"with `answer_prefix` ({json.dumps(prompt['answer_prefix'])}) + one label + the end-of-sequence token:",
-                "", "```text", prompt["template"], "```", "",
+        return ["## What it does", "", *objective_of(task).card_what_it_does(task["prompt"], field),
                 f"Labels ({len(_labels(run_info))}): " + ", ".join(f"`{label}`" for label in _labels(run_info)), ""]
 
+    def card_auto_class(self, run_info):
+        return objective_of(run_info["task"]).auto_class
+
+    def card_head_arguments(self, run_info):
+        if not objective_of(run_info["task"]).has_head:
+            return None
+        return ([f"LABELS = {json.dumps(_labels(run_info), ensure_ascii=False)}"],
+                "num_labels=len(LABELS), id2label=dict(enumerate(LABELS)), pad_token_id=tokenizer.pad_token_id")
+
     def card_code(self, run_info, example):
-        prompt = run_info["task"]["prompt"]
-        return [
-            "import torch",
-            "",
-            f"LABELS = {json.dumps(_labels(run_info), ensure_ascii=False)}",
-            f"TEMPLATE, ANSWER_PREFIX = {json.dumps(prompt['template'])}, {json.dumps(prompt['answer_prefix'])}",
-            "ANSWERS = {label: tokenizer(ANSWER_PREFIX + label, add_special_tokens=False)[\"input_ids\"] for label in LABELS}",
-            "if any(a != b and b[:len(a)] == a for a in ANSWERS.values() for b in ANSWERS.values()):",
-            "    ANSWERS = {label: ids + [tokenizer.eos_token_id] for label, ids in ANSWERS.items()}  # 'dairy' vs 'dairy eggs'",
-            "",
-            "",
-            "@torch.no_grad()",
-            "def label_scores(text: str) -> dict[str, float]:",
-            '    """Log-likelihood of each label after the prompt, as the evaluation scored them."""',
-            "    prompt = tokenizer(TEMPLATE.replace(\"{text}\", text))[\"input_ids\"]",
-            "    scores = {}",
-            "    for label, answer in ANSWERS.items():",
-            "        logits = model(torch.tensor([prompt + answer], device=model.device)).logits[0, len(prompt) - 1:-1]",
-            "        scores[label] = logits.float().log_softmax(-1)[torch.arange(len(answer)), answer].sum().item()",
-            "    return scores",
-            "",
-            "",
-            f"scores = label_scores({json.dumps(example, ensure_ascii=False)})",
-            "print(max(scores, key=scores.get))",
-        ]
+        _labels(run_info)
+        return objective_of(run_info["task"]).card_code(run_info, example)
 
     def card_gguf_command(self, run_info, example):
         # greedy, so the answer is the likeliest label's start (llama-cli does no label scoring)
@@ -211,9 +184,11 @@ class Classification(kinds.TaskKind):
         return f"llama-cli -m MODEL.gguf -p {json.dumps(prompt)} -n 8 --temp 0"
 
     def card_limits(self, run_info):
-        return [f"- It only knows the {len(_labels(run_info))} labels listed above: any input gets one of them, even one "
-                "that belongs to none. Scoring the labels, as above, always returns a listed label; free generation "
-                "may not."]
+        line = (f"- It only knows the {len(_labels(run_info))} labels listed above: any input gets one of them, even one "
+                "that belongs to none.")
+        if not objective_of(run_info["task"]).has_head:
+            line += " Scoring the labels, as above, always returns a listed label; free generation may not."
+        return [line]
 
 
 def _labels(run_info: dict) -> list[str]:

@@ -1,4 +1,5 @@
-"""finetune: use a trained model: predict over files, chat, merge, write a model card, publish; report a change for review.
+"""finetune: use a trained model: predict over a file, chat, merge into the base, write a model card, publish to the
+Hugging Face Hub; report a change for review.
 
 Thin on purpose: it parses and checks the arguments (a bad one is one `error:` line, as a bad param is), checks the
 trained folder, and calls finetune.deliver. The model libraries are imported only once everything checked out.
@@ -11,6 +12,7 @@ import json
 import sys
 import time
 import typing
+from importlib import metadata
 from pathlib import Path
 from typing import Literal
 
@@ -23,10 +25,27 @@ from finetune.stage import run as run_with_one_line_errors
 
 ADAPTER = "models/adapter"
 ARTIFACTS = ("adapter", "merged", "gguf")
+DISTRIBUTION = "finetune-pipeline"  # pyproject.toml's [project] name, whose version `--version` prints
+NOT_A_COMMAND = ("GGUF files and the release folders (models/release/) are made by the pipeline's export stage, not by "
+                 "a command: `dvc exp run -S export.enabled=true`.")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's help with each option's default, except where there is none to show (None, a flag's False): there
+    the help itself says what happens."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or action.required:
+            return action.help
+        return super()._get_help_string(action)
 
 
 class Parser(argparse.ArgumentParser):
     """argparse, whose complaints (a missing, unknown or mistyped argument) are one `error:` line and exit 1."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)  # the subcommands' parsers too
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> typing.NoReturn:
         raise PipelineError(f"{self.prog}: {message} (see `{self.prog} --help`)")
@@ -39,7 +58,7 @@ class PredictOptions(Section):
     batch_size: Count | Literal["auto"]
     memory_gib: Positive
     chunk_rows: Count
-    max_new_tokens: Count
+    max_new_tokens: Count | None
     no_repeat_ngram_size: Count0
 
 
@@ -77,6 +96,9 @@ def predict(args) -> None:
     check_weights(run)
     check_base_present(run)
     column = check_files(run, Path(args.input), Path(args.output), args.column)
+    max_new_tokens = options.max_new_tokens
+    if max_new_tokens is None and run.kind.can_chat:  # a kind that answers: as long as evaluate let its answers be
+        max_new_tokens = evaluated_max_new_tokens(run)
 
     from finetune import params
     from finetune.deliver.predict import predict_file
@@ -88,10 +110,24 @@ def predict(args) -> None:
     start = time.perf_counter()
     counts = predict_file(run, model, tokenizer, args.input, args.output, column=column,
                           chunk_rows=options.chunk_rows, batch_size=batch_size, memory_gib=options.memory_gib,
-                          top_k=options.top_k, max_new_tokens=options.max_new_tokens,
+                          top_k=options.top_k, max_new_tokens=max_new_tokens,
                           no_repeat_ngram_size=options.no_repeat_ngram_size)
     seconds, rows = time.perf_counter() - start, sum(counts.values())
     print(f"predict: {rows} rows to {args.output} in {seconds:.1f} s ({rows / seconds:.2f} rows/s; {json.dumps(counts)})")
+
+
+def evaluated_max_new_tokens(run) -> int:
+    """The longest answer `evaluate` generated for the run's task: its entry's evaluate.max_new_tokens in this
+    project's params.yaml (run.json records how the task was trained, not how it was evaluated)."""
+    from finetune import params
+
+    name = run.info["task"]["name"]
+    tasks = params.validate(params.load_yaml()).tasks if Path("params.yaml").is_file() else {}
+    if name not in tasks:
+        raise PipelineError(f"{run.folder} answers as long as evaluate let it: tasks.{name}.evaluate.max_new_tokens "
+                            "in its project's params.yaml, which is not here; run from the project's folder, or pass "
+                            "--max-new-tokens")
+    return tasks[name].evaluate.max_new_tokens
 
 
 def chat(args) -> None:
@@ -198,61 +234,76 @@ def pr_report(args) -> None:
 
 
 def build_parser() -> Parser:
-    parser = Parser(prog="finetune", description=__doc__.splitlines()[0])
+    parser = Parser(prog="finetune", description=" ".join(__doc__.split("\n\n")[0].split()), epilog=NOT_A_COMMAND)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    p = commands.add_parser("predict", help="predict every row of a CSV / JSONL / Parquet file")
+    def command(name: str, what: str) -> Parser:
+        return commands.add_parser(name, help=what, description=what)
+
+    p = command("predict", "predict every row of a CSV / JSONL / Parquet file")
     p.add_argument("input", help="a .csv, .jsonl or .parquet file")
     p.add_argument("output", help="where the predictions go (.csv, .jsonl or .parquet), written atomically")
-    p.add_argument("--adapter", default=ADAPTER, help=f"the trained adapter folder (default {ADAPTER}), "
+    p.add_argument("--adapter", default=ADAPTER, help="the trained adapter folder, "
                    "or a merged one (models/release/merged: the same labels here, about twice as fast on CPU)")
     p.add_argument("--column", help="the input column (default: the task's input field, else 'text')")
     p.add_argument("--top-k", type=int, default=3, help="labels listed with their probabilities (classification)")
     p.add_argument("--batch-size", type=_batch_size, default="auto", help="prompts a pass (auto: 64 on CPU, 512 on a GPU)")
     p.add_argument("--memory-gib", type=float, default=2.0, help="label scoring's working memory per batch")
     p.add_argument("--chunk-rows", type=int, default=4096, help="rows read, predicted and written at a time")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="longest answer (generation)")
+    p.add_argument("--max-new-tokens", type=int, help="longest answer, in tokens (generation; default: as long as "
+                   "evaluate let the run's answers be, tasks.<task>.evaluate.max_new_tokens in params.yaml)")
     p.add_argument("--no-repeat-ngram-size", type=int, default=4, help="forbid repeating n-grams (generation; 0 = off)")
     p.set_defaults(handler=predict)
 
-    p = commands.add_parser("chat", help="chat in the terminal with a generation-task adapter, tokens streamed")
-    p.add_argument("--adapter", default=ADAPTER, help=f"the trained adapter folder (default {ADAPTER})")
+    p = command("chat", "chat in the terminal with a generation-task adapter, tokens streamed")
+    p.add_argument("--adapter", default=ADAPTER, help="the trained adapter folder")
     p.add_argument("--max-new-tokens", type=int, default=256, help="longest answer")
     p.add_argument("--no-repeat-ngram-size", type=int, default=4, help="forbid repeating n-grams (0 = off)")
     p.add_argument("--conversation", help="a conversation file (as `predict` reads): start from one of its rows, "
-                                          "the model answering its last user turn first")
+                                          "the model answering its last user turn first (default: a new "
+                                          "conversation)")
     p.add_argument("--row", type=int, default=1, help="which row of --conversation (from 1)")
     p.set_defaults(handler=chat)
 
-    p = commands.add_parser("merge", help="merge the adapter into its base: a plain transformers folder")
+    p = command("merge", "merge the adapter into its base: a plain transformers folder")
     p.add_argument("output", help="the folder to write")
-    p.add_argument("--adapter", default=ADAPTER, help=f"the trained adapter folder (default {ADAPTER})")
+    p.add_argument("--adapter", default=ADAPTER, help="the trained adapter folder")
     p.add_argument("--into", choices=typing.get_args(MERGE_INTO), default="dequantized",
                    help="merge into the base's original weights or the dequantized 4-bit ones it was trained "
-                        "against (default: dequantized, which agreed better in metrics/export.json)")
+                        "against (dequantized agreed better with the adapter in metrics/export.json)")
     p.set_defaults(handler=merge)
 
-    p = commands.add_parser("card", help="write a model card (README.md) into an adapter, merged or GGUF folder")
+    p = command("card", "write a model card (README.md) into an adapter, merged or GGUF folder")
     p.add_argument("folder", help="a folder holding run.json (models/adapter, a merged folder, models/release/*)")
     p.add_argument("--metrics", default="metrics/eval.json", help="the evaluation to show (skipped if missing)")
     p.add_argument("--artifact", choices=ARTIFACTS, default="adapter", help="what the folder holds")
     p.set_defaults(handler=card)
 
-    p = commands.add_parser("publish", help="push a folder with its model card to the Hugging Face Hub")
-    p.add_argument("folder", help="e.g. models/release/adapter or models/release/merged (made by `dvc repro`)")
+    p = command("publish", "push a folder with its model card to the Hugging Face Hub")
+    p.add_argument("folder", help="e.g. models/release/adapter or models/release/merged (made by the export stage)")
     p.add_argument("--repo-id", required=True, help="the Hub repository, user/name")
     p.add_argument("--private", action="store_true", help="create the repository private")
-    p.add_argument("--revision", help="a branch to push to (created if missing)")
+    p.add_argument("--revision", help="a branch to push to, created if missing (default: the repository's main "
+                                      "branch)")
     p.add_argument("--token", help="a Hub token (default: `hf auth login`'s, or HF_TOKEN)")
     p.set_defaults(handler=publish)
 
-    p = commands.add_parser("pr-report", help="a Markdown report of this change against a base revision, for review")
-    p.add_argument("--base", default="main", help="the revision compared against (default main; in CI origin/<base>)")
+    p = command("pr-report", "a Markdown report of this change against a base revision, for review")
+    p.add_argument("--base", default="main", help="the revision compared against (in CI origin/<base>)")
     p.add_argument("--out", default="pr-report.md", help="the Markdown file; its images go in the folder beside it "
-                   "named after it (default pr-report.md, pr-report/)")
+                   "named after it (pr-report/ for the default)")
     p.add_argument("--image-url", help="where the images will be served, for a PR comment (default: relative links)")
     p.set_defaults(handler=pr_report)
     return parser
+
+
+def version() -> str:
+    """This package's installed version (`make setup` installs it, editable)."""
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed: `pip install --no-deps -e .`)"
 
 
 def main(argv: list[str] | None = None) -> None:

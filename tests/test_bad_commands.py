@@ -93,6 +93,8 @@ CASES = [
     ("no weights", [*P, "--adapter", "{adapter}"], "damaged: no adapter_config.json and adapter_model.safetensors"),
     ("truncated weights", [*P, "--adapter", "{adapter}"], "adapter_model.safetensors: damaged or cut short"),
     ("base gone", [*P, "--adapter", "{adapter}"], "models/base/gone, which is not here"),
+    ("answers of no known length", ["predict", "chats.jsonl", "out.jsonl", "--adapter", "{chatter}"],
+     "tasks.chitchat.evaluate.max_new_tokens in its project's params.yaml, which is not here"),
     ("chat with a classifier", ["chat", *OK], "not to chat; use `finetune predict`"),
     ("chat max new tokens 0", ["chat", "--max-new-tokens", "0"], "finetune chat: --max-new-tokens is 0; allowed: >= 1"),
     ("chat row 0", ["chat", "--row", "0"], "finetune chat: --row is 0; allowed: >= 1"),

@@ -1,1 +1,2 @@
-"""Using the trained model: predict, chat, merge, export to GGUF, model card, publish."""
+"""Using the trained model: the commands' predict, chat, merge, model card and publish; the export stage's release
+(both merges measured, GGUF files)."""

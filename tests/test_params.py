@@ -89,15 +89,21 @@ def test_each_stage_declares_the_library_code_it_imports(stage):
 
 
 @pytest.mark.parametrize("stage", list(DVC))
-def test_no_output_of_a_stage_is_tracked_by_git(stage):
-    """DVC refuses to run a stage whose output git tracks (a file committed by mistake)."""
+def test_cached_outputs_stay_out_of_git_and_uncached_metrics_are_in_it(stage):
+    """DVC refuses to run a stage whose cached output git tracks (a file committed by mistake); a metrics file it does
+    not cache (`cache: false`) is committed, so `dvc metrics show` and `dvc metrics diff` work in a fresh clone."""
     import subprocess
 
-    outs = [next(iter(o)) if isinstance(o, dict) else o for key in ("outs", "metrics", "plots")
-            for o in DVC[stage].get(key, [])]
-    tracked = subprocess.run(["git", "ls-files", "--", *outs], cwd=ROOT, capture_output=True, text=True,
-                             check=True).stdout.split()
-    assert not tracked, f"{tracked}: outputs of stage {stage}, tracked by git: `git rm --cached` them"
+    entries = [(o, {}) if isinstance(o, str) else next(iter(o.items())) for key in ("outs", "metrics", "plots")
+               for o in DVC[stage].get(key, [])]
+    tracked = set(subprocess.run(["git", "ls-files", "--", *(path for path, _ in entries)], cwd=ROOT,
+                                 capture_output=True, text=True, check=True).stdout.split())
+    cached = [path for path, options in entries if options.get("cache", True)]
+    uncached = [path for path, options in entries if not options.get("cache", True)]
+    assert not tracked & set(cached), f"{sorted(tracked & set(cached))}: cached outputs of stage {stage}, tracked by " \
+                                      "git: `git rm --cached` them"
+    assert set(uncached) <= tracked, f"{sorted(set(uncached) - tracked)}: metrics of stage {stage} that DVC does not " \
+                                     "cache: commit them (`dvc repro`, then `git add`)"
 
 
 def module_file(name: str) -> Path | None:

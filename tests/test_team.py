@@ -96,3 +96,22 @@ def run_script(repo: Path, cmd: list[str]) -> str:
     proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout + proc.stderr
+
+
+def test_a_fresh_clone_shows_the_committed_metrics_and_diffs_a_branch_before_any_run(tiny_pipeline, tmp_path):
+    """The small metrics files are kept in git (`cache: false`), so a reviewer's clone with an empty DVC cache shows
+    them, and `dvc metrics diff` between two branches reads them from git."""
+    repo = tmp_path / "fresh"
+    dvc(tmp_path, "git", "clone", "-q", str(tiny_pipeline.path), str(repo))
+    assert not (repo / ".dvc" / "cache").exists() and not (repo / "models" / "adapter").exists()
+    committed = json.loads((tiny_pipeline.path / "metrics/eval.json").read_text())
+    shown = json.loads(dvc(repo, "metrics", "show", "--json"))
+    assert shown[""]["data"]["metrics/eval.json"]["data"] == committed
+    assert {"metrics/split.json", "metrics/train.json", "metrics/data.json"} <= set(shown[""]["data"])
+
+    dvc(repo, "git", "checkout", "-qb", "change")
+    changed = {**committed, "finetuned": {**committed["finetuned"], "accuracy": committed["finetuned"]["accuracy"] + 0.125}}
+    (repo / "metrics/eval.json").write_text(json.dumps(changed))
+    dvc(repo, "git", "commit", "-qam", "a change")
+    diff = json.loads(dvc(repo, "metrics", "diff", "main", "change", "--json"))["metrics/eval.json"]
+    assert diff["finetuned.accuracy"]["diff"] == pytest.approx(0.125) and list(diff) == ["finetuned.accuracy"]

@@ -28,7 +28,7 @@ PATHS = {"project": "project path", "seeds": "the notebook recipe this project r
          "project-low-memory": "project path, low-memory mode", "project-eager": "project path, compile off",
          "project-padded": "project path, padded rows", "project-4k": "project path, 4,096 tokens a step",
          "project-8k": "project path, 8,192 tokens a step", "unsloth": "Unsloth",
-         "unsloth-offload": "Unsloth, offloaded checkpointing"}
+         "unsloth-offload": "Unsloth, offloaded checkpointing", "project-liger": "project path, Liger Kernel (not compiled)"}
 LAYERS = {"4bit": "4-bit", "dense": "dequantized (dense)"}
 OBJECTIVES = {"label_scoring": "label scoring", "head": "a classification head"}
 

@@ -1,5 +1,5 @@
-"""finetune: use a trained model: predict over a file, chat, merge into the base, write a model card, publish to the
-Hugging Face Hub; report a change for review.
+"""finetune: use a trained model: predict over a file, chat, serve it over HTTP, merge into the base, write a model
+card, publish to the Hugging Face Hub; report a change for review.
 
 Thin on purpose: it parses and checks the arguments (a bad one is one `error:` line, as a bad param is), checks the
 trained folder, and calls finetune.deliver. The model libraries are imported only once everything checked out.
@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import typing
 from importlib import metadata
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from finetune.errors import PipelineError
 from finetune.param_errors import error_line
 from finetune.param_schemas import MERGE_INTO, Count, Count0, Positive, Section
+from finetune.serve.limits import API_KEY_ENV, Limits
 from finetune.stage import run as run_with_one_line_errors
 
 ADAPTER = "models/adapter"
@@ -66,6 +68,12 @@ class ChatOptions(Section):
     max_new_tokens: Count
     no_repeat_ngram_size: Count0
     row: Count
+
+
+class ServeOptions(Limits):
+    """`finetune serve`'s numbers: its limits, and the port."""
+
+    port: Annotated[int, Field(ge=1, le=65535)]
 
 
 def checked(options: type[Section], args: argparse.Namespace, command: str) -> Section:
@@ -175,6 +183,27 @@ def conversation_from(run, path: Path, row: int) -> list[dict]:
                             f"{bad.detail} ({why})") from None
 
 
+def serve(args) -> None:
+    from finetune.deliver.trained import check_base_present, check_weights, read_run
+    from finetune.serve.limits import check_host
+    from finetune.serve.server import check_port
+
+    options = checked(ServeOptions, args, "serve")
+    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    refused = check_host(args.host, api_key, args.allow_unauthenticated)
+    if refused:
+        raise PipelineError(f"finetune serve: {refused}")
+    run = read_run(args.adapter)
+    check_weights(run)
+    check_base_present(run)
+    check_port(args.host, options.port)
+
+    from finetune.serve.server import serve as serve_folder
+
+    limits = Limits(**options.model_dump(exclude={"port"}))
+    serve_folder(args.adapter, args.host, options.port, limits, api_key, args.name)
+
+
 def merge(args) -> None:
     from finetune.deliver.trained import check_base_present, check_weights, read_run
 
@@ -265,6 +294,31 @@ def build_parser() -> Parser:
                                           "conversation)")
     p.add_argument("--row", type=int, default=1, help="which row of --conversation (from 1)")
     p.set_defaults(handler=chat)
+
+    p = command("serve", "serve the trained model over HTTP, OpenAI-compatible: chat and text completions, "
+                         "classifications (docs/serving.md)")
+    p.add_argument("--adapter", default=ADAPTER, help="the trained folder: an adapter, a merged folder or a whole model")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on; another than this machine's own "
+                   "(127.0.0.1, localhost, ::1) needs an API key or --allow-unauthenticated")
+    p.add_argument("--port", type=int, default=8000, help="the port to listen on")
+    p.add_argument("--name", help="the model's name in requests and in GET /v1/models (default: the folder's name; "
+                                  "the folder's path is accepted too)")
+    p.add_argument("--api-key", help="a key clients send as 'Authorization: Bearer KEY' (default: the "
+                                     f"{API_KEY_ENV} environment variable; neither: no key is asked)")
+    p.add_argument("--allow-unauthenticated", action="store_true",
+                   help="listen beyond this machine without an API key (a trusted network in front of it)")
+    p.add_argument("--window-ms", type=float, default=10.0,
+                   help="how long the first request of a batch waits for others to join it")
+    p.add_argument("--max-batch", type=int, default=64, help="the most requests run through the model together "
+                   "(classification: texts; and the most texts a request)")
+    p.add_argument("--max-queue", type=int, default=256, help="the most requests waiting; past it 503 with Retry-After")
+    p.add_argument("--timeout-s", type=float, default=60.0, help="the longest a request may take, waiting included; "
+                   "past it 504")
+    p.add_argument("--max-tokens", type=int, default=256, help="the most tokens a request may ask to be generated, and "
+                   "what it gets when it names none (less where the prompt leaves less of the model's context)")
+    p.add_argument("--max-body-kib", type=int, default=1024, help="the largest request body; past it 413")
+    p.add_argument("--memory-gib", type=float, default=2.0, help="label scoring's working memory per batch")
+    p.set_defaults(handler=serve)
 
     p = command("merge", "merge the adapter into its base: a plain transformers folder")
     p.add_argument("output", help="the folder to write")

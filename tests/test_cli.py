@@ -44,7 +44,7 @@ def test_every_option_with_a_default_shows_it_in_help(name):
 
 def test_the_description_promises_only_the_commands_there_are():
     parser = cli.build_parser()
-    assert set(subcommands(parser)) == {"predict", "chat", "merge", "card", "publish", "pr-report"}
+    assert set(subcommands(parser)) == {"predict", "chat", "serve", "merge", "card", "publish", "pr-report"}
     assert not re.search(r"export|gguf|convert", parser.description, re.I)  # made by the export stage
     assert "export stage" in parser.epilog
 

@@ -41,7 +41,7 @@ def test_every_stage_runs_as_a_module_of_the_stages_package():
 # room and from rooms of a lower rank only. `finetune` is the top level's modules (params, errors, files, provenance,
 # stage); cli.py, the command line, sits above every room.
 RANKS = [["finetune"], ["finetune.data", "finetune.text", "finetune.model"], ["finetune.train"], ["finetune.evaluate"],
-         ["finetune.kinds"], ["finetune.deliver", "finetune.report"], ["finetune.cli"]]
+         ["finetune.kinds"], ["finetune.deliver", "finetune.report"], ["finetune.serve"], ["finetune.cli"]]
 RANK = {room: rank for rank, rooms in enumerate(RANKS) for room in rooms}
 PACKAGE = ROOT / "finetune"
 

@@ -15,6 +15,7 @@ from tests.conftest import ROOT
 
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+EFFECTIVE = params.validate(PARAMS).model_dump()  # with the defaults of the keys a task entry leaves out
 # Modules that cannot change a stage's output: the error type and the exit-code wrapper.
 # Modules every stage runs that decide nothing of its outputs: the notice filters, the error type, the error line, and
 # the subpackages' __init__ files (a docstring each).
@@ -42,7 +43,7 @@ def declared_keys(stage: str, task: str) -> set[str]:
     keys = set()
     for entry in DVC[stage].get("params", []):
         entry = entry.replace("${task}", task)
-        keys |= {k for k in leaf_keys(PARAMS) if k == entry or k.startswith(entry + ".")}
+        keys |= {k for k in leaf_keys(EFFECTIVE) if k == entry or k.startswith(entry + ".")}
     return keys
 
 
@@ -67,9 +68,9 @@ def test_each_stage_declares_exactly_the_params_it_reads(stage, task):
     assert read_keys(stage, task) == declared_keys(stage, task)
 
 
-def test_every_key_in_params_yaml_is_read_by_some_stage():
+def test_every_key_in_params_yaml_and_every_default_is_read_by_some_stage():
     read = set().union(*(read_keys(stage, task) for stage in DVC for task in TASKS))
-    assert leaf_keys(PARAMS) == read
+    assert leaf_keys(EFFECTIVE) == read and leaf_keys(PARAMS) <= read
 
 
 def test_the_default_task_is_the_embedded_classifier_and_every_seed_task_is_there():
@@ -208,3 +209,21 @@ def test_a_dvc_exp_run_set_leaves_params_yaml_readable_and_every_other_value_as_
     expected["lora"]["r"] = 32
     expected["tasks"]["chitchat"]["data"]["source"] = "data/raw/chats.jsonl"
     assert params.load_yaml(copy) == expected
+
+
+def test_a_task_entry_may_leave_out_every_key_with_a_default_as_the_configuration_page_shows():
+    import re
+
+    page = (ROOT / "docs/configuration.md").read_text(encoding="utf-8")
+    example = yaml.safe_load(re.search(r"```yaml\n(.*?)```", page, re.S).group(1))
+    checked = params.validate({**PARAMS, "task": "tickets", "tasks": {**PARAMS["tasks"], **example["tasks"]}})
+    entry = checked.tasks["tickets"]
+    assert entry.data.format == "table" and entry.data.encoding == "utf-8" and entry.split.max_train == "all"
+    assert entry.train.objective == "label_scoring" and entry.prompt.answer_prefix == " "
+    assert entry.evaluate.method == "label_scoring" and entry.card.limits == []
+
+
+def test_a_table_without_its_columns_is_refused_in_one_line():
+    entry = {**PARAMS["tasks"]["bigbasket"], "data": {"source": "data/raw/bigbasket.csv"}}
+    with pytest.raises(PipelineError, match="set data.input_field and data.target_field"):
+        params.validate({**PARAMS, "tasks": {**PARAMS["tasks"], "bigbasket": entry}})

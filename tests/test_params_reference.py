@@ -41,5 +41,7 @@ def test_a_key_added_without_a_description_is_caught_and_its_row_shows_its_bound
 
     assert undescribed(Widened) == ["Widened.depth"]
     rows = table(param_schemas.LoraParams)
-    assert any(row.startswith("| `r` | whole number ≥ 1 | adapter rank |") for row in rows)
+    assert any(row.startswith("| `r` | whole number ≥ 1 | required | adapter rank |") for row in rows)
+    split = table(param_schemas.SplitParams)
+    assert any(row.startswith("| `max_train` | whole number ≥ 1 or `all` | `\"all\"` |") for row in split)
     assert any(row.startswith("| `dropout` | number ≥ 0, < 1 |") for row in rows)

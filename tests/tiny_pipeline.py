@@ -20,7 +20,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
-COPIED = ["dvc.yaml", "params.yaml", "stages", "finetune", "configs", ".gitignore", ".dvcignore", "data/raw"]
+COPIED = ["dvc.yaml", "params.yaml", "stages", "finetune", "configs", "presets", ".gitignore", ".dvcignore", "data/raw"]
 TINY = {
     "tasks.instacart.split": {"max_train": 48, "max_validation": 8, "max_test": 24},
     "tasks.instacart.train": {"batch_size": 8},
@@ -31,6 +31,7 @@ TINY = {
     "train": {"logging_steps": 2},
     "evaluate": {"batch_size": 12},
 }
+HYDRA = {"enabled": "true", "config_dir": ".", "config_name": "configs/compose"}  # .dvc/config's [hydra]
 BASE_MODEL_STAGE = "python -m stages.base_model "  # the start of its cmd in dvc.yaml
 
 
@@ -128,6 +129,8 @@ def build(repo: Path, tiny_model: Path, cache: Path, overrides: dict) -> Path:
     shutil.copytree(tiny_model, repo / "models/base/tiny")
     dvc(repo, "git", "init", "-q", "-b", "main")
     dvc(repo, "init", "-q")
+    for key in ("enabled", "config_dir", "config_name"):  # `dvc exp run -S` composes params.yaml as the project's does
+        dvc(repo, "config", f"hydra.{key}", HYDRA[key])
     share_cache(repo, cache)
     dvc(repo, "add", "models/base/tiny")
     dvc(repo, "git", "add", "-A")

@@ -158,13 +158,24 @@ def resume_after_kill(result: dict) -> list[tuple]:
     return [((), what, figure)]
 
 
+def serve_load(result: dict) -> list[tuple]:
+    rows = []
+    for case in result["cases"]:
+        clients = f"{case['clients']} concurrent client{'s' if case['clients'] > 1 else ''}"
+        what = f"`finetune serve`, /v1/{case['endpoint']}, {clients}"
+        figure = (f"{case['requests_per_s']} requests/s, p50 {number(case['p50_ms'], 0)} ms, p99 "
+                  f"{number(case['p99_ms'], 0)} ms, {case['errors']} errors, peak {case['peak_rss_gib']} GiB")
+        rows.append(((["completions", "classifications"].index(case["endpoint"]), case["clients"]), what, figure))
+    return rows
+
+
 READERS = {  # result file prefix -> its rows, in the table's order
     "qlora_throughput": qlora_throughput, "instacart_smollm2": instacart_smollm2,
     "label_scoring_batch": label_scoring_batch, "label_count": label_count, "bigbasket_aisles": bigbasket_aisles,
     "predict_catalog": predict_catalog, "llama_cpp_labels": llama_cpp_labels,
     "export_smollm2_instacart": export_smollm2_instacart, "cpu_recipes": cpu_recipes,
     "cpu_dense_training": cpu_dense_training, "sft_step_time": sft_step_time,
-    "generation_batching": generation_batching, "resume_after_kill": resume_after_kill,
+    "generation_batching": generation_batching, "resume_after_kill": resume_after_kill, "serve_load": serve_load,
 }
 
 

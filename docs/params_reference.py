@@ -21,6 +21,8 @@ BOUNDS = {"minimum": "≥", "exclusiveMinimum": ">", "maximum": "≤", "exclusiv
 
 def kind_of(schema: dict, defs: dict) -> str:
     """A JSON schema of one value, in words: its type, bounds and allowed values."""
+    if not isinstance(schema, dict):  # `true`: any value
+        return "any"
     if "$ref" in schema:
         return "a section (below)"
     if "anyOf" in schema:
@@ -37,6 +39,8 @@ def kind_of(schema: dict, defs: dict) -> str:
         return "text" + (" (not empty)" if schema.get("minLength") else "")
     if kind == "boolean":
         return "`true` / `false`"
+    if kind == "null":
+        return "`null`"
     if kind == "array":
         return f"list of {kind_of(schema.get('items', {}), defs)}" + (
             f" (at least {schema['minItems']})" if schema.get("minItems") else "")

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from finetune import outputs
+
 from tests.test_params import PLUMBING
 from tests.tiny_pipeline import clone, dvc, ran_stages, redone_stages, restored_stages
 
@@ -39,6 +41,8 @@ def test_the_first_repro_builds_everything_and_a_clone_then_nothing(tiny_pipelin
         assert {"accuracy", "macro_f1", "weighted_f1"} <= set(metrics)
         assert metrics["no_label_rate"] == 0.0  # label scoring never predicts an invalid label
     assert (repo / "models/adapter/adapter_config.json").is_file()
+    for path in outputs.FILES:  # every output a reader may look up is described in docs/reference/outputs.md
+        outputs.check(path, json.loads((repo / path).read_text()), "classification")
     report = (repo / "metrics/report.md").read_text()
     assert "| Fine-tuned (QLoRA) |" in report and (repo / "metrics/report/confusion_finetuned.png").is_file()
 
@@ -74,6 +78,8 @@ def test_export_on_reruns_export_and_report_only_and_its_artifacts_can_be_fetche
     assert set(export["merge"]) == {"original", "dequantized"}
     assert export["merge"]["dequantized"]["agreement_with_adapter"] == 1.0  # the very model the adapter-on-4-bit is
     assert set(export["gguf"]) == {"q8_0"}
+    outputs.check("metrics/export.json", export)
+    outputs.check("models/adapter/run.json", json.loads((repo / "models/release/merged/run.json").read_text()))
     release = repo / "models/release"
     for artifact in ("adapter", "merged", "gguf"):
         assert (release / artifact / "README.md").read_text().startswith("---\n")  # a card with metadata

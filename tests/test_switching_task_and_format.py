@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from finetune import outputs
 from finetune.data.conversations import DROP_REASONS
 from finetune.data.dialogues import build_dialogues
 from finetune.data.sources import load_source
@@ -55,6 +56,9 @@ def test_switching_task_then_format_reruns_what_changed_and_switching_back_resto
     report = (repo / "metrics/report.md").read_text()
     assert "## Probe prompts" in report and "ROUGE-L" in report
     assert json.loads((repo / "metrics/data.json").read_text())["dropped_rows"] == NOTHING_DROPPED
+    for path in outputs.FILES:  # a generation task's outputs are described in docs/reference/outputs.md too
+        if path != "metrics/export.json":
+            outputs.check(path, json.loads((repo / path).read_text()), "generation")
     examples = (repo / "data/examples.jsonl").read_bytes()
 
     # The other formats, and the chitchat corpus itself: prepare writes the same examples, byte for byte

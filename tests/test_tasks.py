@@ -20,7 +20,7 @@ CASES = {
     "bigbasket": ("bigbasket.csv", "llama", {}),
     "chatbot": ("chatbot.csv", "llama", {}),
     "persona_chat": ("personachat.parquet", "llama", {}),
-    "guanaco": ("guanaco.jsonl", "falcon", {"prompt": {"chat_template": "plain"}}),  # the seeds' Falcon format
+    "guanaco": ("guanaco.jsonl", "falcon", {"prompt": {"chat_template": "plain"}}),  # Falcon's plain format
     "chitchat": ("chitchat.json", "llama", {}),  # the chitchat-dataset layout; the embedded corpus: test_pipeline
 }
 

@@ -9,7 +9,7 @@ from rouge_score import rouge_scorer
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
 DIGITS = 4
-SENTENCE_END = re.compile(r"[.!?]+(?:\s+|(?=[A-Z])|$)|\n+")  # also ".The", as in seed 003's answers
+SENTENCE_END = re.compile(r"[.!?]+(?:\s+|(?=[A-Z])|$)|\n+")  # also ".The": answers that run sentences together
 
 
 def _r(x: float) -> float:
@@ -36,7 +36,7 @@ def _sentences(text: str) -> list[str]:
 
 
 def repeats_a_sentence(text: str) -> bool:
-    """True when an answer says the same sentence twice (seed 003's omelette answer does)."""
+    """True when an answer says the same sentence twice (small models' answers often do)."""
     sentences = _sentences(text)
     return len(sentences) != len(set(sentences))
 

@@ -88,7 +88,7 @@ def test_generated_answers_match_labels_exactly_or_count_as_no_label():
 
 
 def test_batched_generation_stops_at_the_end_token_and_matches_a_label(tokenizer):
-    """The seeds' way (greedy generation + exact match), batched with left padding."""
+    """The hand-written notebooks' way (greedy generation + exact match), batched with left padding."""
     from finetune.evaluate.scoring import generate_answers
 
     short, long = render_prompt(TEMPLATE, "Milk"), render_prompt(TEMPLATE, "Organic Whole Milk Half Gallon")

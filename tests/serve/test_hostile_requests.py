@@ -110,6 +110,14 @@ def test_a_classifier_refuses_to_chat_and_an_empty_text(loaded_classifier):
                                400)
         assert error["message"].startswith("input[1] is empty")
         assert httpx.post(f"{url}/v1/classifications", json={"model": "adapter", "input": "milk"}).status_code == 200
+        # label scoring's model writes its labels: it continues a prompt
+        assert httpx.post(f"{url}/v1/completions", json={"model": "adapter", "prompt": "Milk"}).status_code == 200
+
+
+def test_a_classification_head_writes_no_text(head_classifier):
+    with running(load_trained(head_classifier)) as (url, _):
+        error = one_line_error(httpx.post(f"{url}/v1/completions", json={"model": "adapter", "prompt": "Milk"}), 400)
+        assert error["code"] == "not_a_text_model" and error["message"].endswith("ask /v1/classifications")
 
 
 def test_a_full_queue_answers_503_with_retry_after_and_the_waiting_requests_are_answered(loaded_chatter):
@@ -120,7 +128,9 @@ def test_a_full_queue_answers_503_with_retry_after_and_the_waiting_requests_are_
                    for _ in range(2)]
         for thread in waiting:
             thread.start()
+        deadline = time.monotonic() + 1.2
         while len(app.state.batcher.waiting) < 2:  # both wait in the batch's window
+            assert time.monotonic() < deadline, "the two requests did not arrive within the window"
             time.sleep(0.01)
         response = httpx.post(f"{url}/v1/chat/completions", json=CHAT, timeout=30)
         error = one_line_error(response, 503)

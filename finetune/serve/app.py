@@ -96,7 +96,7 @@ def build_app(served: Served, limits: Limits, api_key: str | None = None) -> Fas
             while (event := await next_event(job))[0] == "text":
                 parts.append(event[1])
         finally:
-            batcher.cancel(job)  # a client that left stops its row (a finished job is no longer the model's)
+            batcher.cancel(job)  # whatever ended the wait (a timeout, the task cancelled), the row stops there
         return answer.whole("".join(parts), *event[1:])
 
     async def stream(job: Job, answer: Answer, usage: bool):

@@ -129,10 +129,6 @@ class GenerationScores(Output):
     """distinct word pairs over all word pairs"""
     repeated_sentence_rate: float
     """share of answers that say a sentence twice"""
-    empty_rate: float
-    """share of empty answers"""
-    mean_words: float
-    """mean words an answer"""
     perplexity: float
     """perplexity of the reference answers under the model"""
 

@@ -44,11 +44,10 @@ class DataParams(Section):
     """conversation formats: the file's role names -> user, assistant or system, e.g. {human: user, bot: assistant}"""
 
     @model_validator(mode="after")
-    def _table_names_its_columns(self) -> DataParams:
-        """A table (`data.format: table`) names its columns: `data.input_field` and `data.target_field`."""
-        if self.format == "table" and not (self.input_field and self.target_field):
-            raise ValueError("a table names the column the model reads and the one it learns to write: set "
-                             "data.input_field and data.target_field")
+    def _table_names_its_column(self) -> DataParams:
+        """A table (`data.format: table`) names the column the model reads: `data.input_field`."""
+        if self.format == "table" and not self.input_field:
+            raise ValueError("a table names the column the model reads: set data.input_field")
         return self
 
     @field_validator("encoding")
@@ -195,6 +194,8 @@ class ClassificationTask(TaskEntry):
         if self.data.format != "table":
             raise ValueError(f"data.format is '{self.data.format}'; a classification task reads a table "
                              "(one text and one label per row)")
+        if not self.data.target_field:
+            raise ValueError("a classification task names the column of its labels: set data.target_field")
         if self.data.keys or self.data.roles:
             raise ValueError("data.keys and data.roles rename the keys and roles of conversation files; a "
                              "classification task reads a table: leave them {}")
@@ -208,6 +209,14 @@ class GenerationTask(TaskEntry):
     """how a conversation becomes tokens (read by train_qlora, evaluate)"""
     evaluate: GenerationEvaluateParams
     """how long answers may be, and the probe prompts (read by evaluate)"""
+
+    @model_validator(mode="after")
+    def _table_names_its_answers(self) -> GenerationTask:
+        """A generation task reading a table names the column of its answers: `data.target_field`."""
+        if self.data.format == "table" and not self.data.target_field:
+            raise ValueError("a generation task reading a table names the column of its answers (one prompt and one "
+                             "response per row): set data.target_field")
+        return self
 
 
 @dataclasses.dataclass(frozen=True)

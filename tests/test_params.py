@@ -223,7 +223,11 @@ def test_a_task_entry_may_leave_out_every_key_with_a_default_as_the_configuratio
     assert entry.evaluate.method == "label_scoring" and entry.card.limits == []
 
 
-def test_a_table_without_its_columns_is_refused_in_one_line():
-    entry = {**PARAMS["tasks"]["bigbasket"], "data": {"source": "data/raw/bigbasket.csv"}}
-    with pytest.raises(PipelineError, match="set data.input_field and data.target_field"):
-        params.validate({**PARAMS, "tasks": {**PARAMS["tasks"], "bigbasket": entry}})
+@pytest.mark.parametrize("task, data, said", [
+    ("bigbasket", {"source": "data/raw/bigbasket.csv"}, "names the column the model reads: set data.input_field"),
+    ("bigbasket", {"source": "data/raw/bigbasket.csv", "input_field": "product"}, "column of its labels"),
+    ("chatbot", {"source": "data/raw/chatbot.csv", "input_field": "prompt"}, "column of its answers")])
+def test_a_table_without_its_columns_is_refused_in_one_line(task, data, said):
+    entry = {**PARAMS["tasks"][task], "data": data}
+    with pytest.raises(PipelineError, match=said):
+        params.validate({**PARAMS, "tasks": {**PARAMS["tasks"], task: entry}})

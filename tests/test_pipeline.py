@@ -42,7 +42,7 @@ def test_the_first_repro_builds_everything_and_a_clone_then_nothing(tiny_pipelin
         assert metrics["no_label_rate"] == 0.0  # label scoring never predicts an invalid label
     assert (repo / "models/adapter/adapter_config.json").is_file()
     for path in outputs.FILES:  # every output a reader may look up is described in docs/reference/outputs.md
-        outputs.check(path, json.loads((repo / path).read_text()), "classification")
+        outputs.check(path, json.loads((tiny_pipeline.path / path).read_text()), "classification")
     report = (repo / "metrics/report.md").read_text()
     assert "| Fine-tuned (QLoRA) |" in report and (repo / "metrics/report/confusion_finetuned.png").is_file()
 

@@ -154,26 +154,3 @@ def test_a_merged_folder_predicts_what_its_adapter_predicts(tmp_path, classifier
     assert classify_texts(merged_run, merged, tokenizer, PRODUCTS, 4, 1.0) == \
         classify_texts(adapter_run, on_4bit, tokenizer, PRODUCTS, 4, 1.0)
 
-
-def test_ctrl_c_in_the_middle_of_a_file_ends_with_one_line_and_no_output_file(tmp_path, loaded, monkeypatch, capsys):
-    from finetune.stage import run as run_with_one_line_errors
-
-    run, model, tokenizer = loaded
-    write_csv(tmp_path / "new.csv", [[p, str(i)] for i, p in enumerate(PRODUCTS)])
-    predict = run.kind.predict
-    chunks = []
-
-    def interrupted_after_one_chunk(*args, **kwargs):
-        chunks.append(1)
-        if len(chunks) == 2:
-            raise KeyboardInterrupt
-        return predict(*args, **kwargs)
-
-    monkeypatch.setattr(run.kind, "predict", interrupted_after_one_chunk)
-    with pytest.raises(SystemExit) as exit_:
-        run_with_one_line_errors(lambda: predict_file(run, model, tokenizer, tmp_path / "new.csv", tmp_path / "out.csv",
-                                                      chunk_rows=3, batch_size=3, memory_gib=1.0, top_k=3))
-    assert exit_.value.code == 130 and len(chunks) == 2  # the first chunk was written to the temporary file
-    said = capsys.readouterr().err.strip().splitlines()  # the progress bar's line, then the one line
-    assert said[-1] == "error: interrupted (Ctrl-C); nothing was written" and "Traceback" not in "".join(said)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.csv"]

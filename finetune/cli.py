@@ -318,6 +318,8 @@ def build_parser() -> Parser:
                    "what it gets when it names none (less where the prompt leaves less of the model's context)")
     p.add_argument("--max-body-kib", type=int, default=1024, help="the largest request body; past it 413")
     p.add_argument("--memory-gib", type=float, default=2.0, help="label scoring's working memory per batch")
+    p.add_argument("--no-repeat-ngram-size", type=int, default=4, help="a chat answer may not repeat any run of this "
+                   "many tokens, as predict and chat answer (0 = off)")
     p.set_defaults(handler=serve)
 
     p = command("merge", "merge the adapter into its base: a plain transformers folder")

@@ -83,7 +83,8 @@ def build_app(served: Served, limits: Limits, api_key: str | None = None) -> Fas
                    f"the prompt's {len(prompt_ids)} tokens leave {room} of the model's context of {served.context}")
             raise ApiError(400, f"max_tokens is {wanted}, but {why}", param="max_tokens", code="max_tokens_too_large")
         request = {"prompt_ids": prompt_ids, "max_tokens": wanted or allowed, "stop": body.stops(), "strip": chat,
-                   "temperature": body.temperature, "top_p": body.top_p, "seed": body.seed}
+                   "temperature": body.temperature, "top_p": body.top_p, "seed": body.seed,
+                   "no_repeat_ngram_size": limits.no_repeat_ngram_size if chat else 0}
         job = Job("generate", request, asyncio.get_running_loop(), asyncio.Queue())
         submit(job)
         answer = Answer(served.name, chat)

@@ -8,7 +8,7 @@ stop string, and leaves the batch.
 from __future__ import annotations
 
 import torch
-from transformers.generation.logits_process import TopPLogitsWarper
+from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor, TopPLogitsWarper
 
 from finetune.serve.batcher import Job
 from finetune.train.batching import any_length_attention, left_pad
@@ -26,6 +26,8 @@ class Row:
         self.strip: bool = request["strip"]  # a chat answer starts at its first word, as `finetune chat` shows it
         self.temperature: float = request["temperature"] or 0.0
         self.top_p: float = request["top_p"] if request["top_p"] is not None else 1.0
+        ngram = request.get("no_repeat_ngram_size", 0)
+        self.no_repeat = NoRepeatNGramLogitsProcessor(ngram) if ngram else None
         seed = request.get("seed")
         self.generator = torch.Generator().manual_seed(seed) if seed is not None and self.temperature else None
         self.ids: list[int] = []
@@ -64,10 +66,14 @@ class Row:
         return False
 
     def choose(self, logits: torch.Tensor) -> int | None:
-        """A sampled token where the request asked for a temperature; None: the greedy one."""
+        """A sampled token where the request asked for a temperature, or the greedy one that repeats no n-gram of the
+        prompt and answer (as generate()'s no_repeat_ngram_size); None: the plain greedy one."""
+        scores = logits[None].float()
+        if self.no_repeat is not None:
+            scores = self.no_repeat(torch.tensor([self.prompt_ids + self.ids]), scores)
         if not self.temperature:
-            return None
-        scores = logits[None].float() / self.temperature
+            return None if self.no_repeat is None else int(scores.argmax(-1))
+        scores = scores / self.temperature
         if self.top_p < 1.0:
             scores = TopPLogitsWarper(self.top_p)(None, scores)
         return int(torch.multinomial(scores.softmax(-1), 1, generator=self.generator))

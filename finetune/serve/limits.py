@@ -8,7 +8,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from finetune.param_schemas import Count, Positive, Section
+from finetune.param_schemas import Count, Count0, Positive, Section
 
 API_KEY_ENV = "FINETUNE_API_KEY"  # the key, when --api-key is not given
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -31,6 +31,9 @@ class Limits(Section):
     """the largest request body; past it 413"""
     memory_gib: Positive
     """label scoring's working memory per batch, as `finetune predict --memory-gib`"""
+    no_repeat_ngram_size: Count0 = 4
+    """a chat answer may not repeat any run of this many tokens, as `finetune predict` and `chat` answer (0 = off;
+    completions are not held to it)"""
 
 
 class ApiError(Exception):

@@ -47,7 +47,7 @@ def test_concurrent_chats_share_a_batch_and_answer_as_finetune_predict_does(chat
     url, batcher, sizes = chat_server
     run, model, tokenizer = loaded_chatter
     expected = [row["answer"] for row in run.kind.predict(run, model, tokenizer, PROMPTS, {
-        "batch_size": 1, "max_new_tokens": 12, "no_repeat_ngram_size": 0}, lambda n: None)]
+        "batch_size": 1, "max_new_tokens": 12, "no_repeat_ngram_size": 4}, lambda n: None)]  # both defaults: 4
 
     async def ask_all():
         chat = client(url, openai.AsyncOpenAI).chat.completions
@@ -130,3 +130,19 @@ def test_classifications_equal_finetune_predict_on_the_same_rows(folder, request
         assert [t["label"] for t in row["top_k"]] == [t["label"] for t in top[:k]]
         assert [t["probability"] for t in row["top_k"]] == pytest.approx([t["probability"] for t in top[:k]],
                                                                           abs=1e-5)
+
+
+def test_a_chat_answer_repeats_no_n_gram_as_predict_and_chat_answer(loaded_chatter):
+    """--no-repeat-ngram-size (4 by default, as predict's and chat's) bans what generate()'s no_repeat_ngram_size
+    bans; at 2 the tiny model's answer changes (it repeats word pairs within 40 tokens)."""
+    run, model, tokenizer = loaded_chatter
+    answers = {}
+    for n in (2, 0):
+        expected = run.kind.predict(run, model, tokenizer, PROMPTS[:1], {
+            "batch_size": 1, "max_new_tokens": 40, "no_repeat_ngram_size": n}, lambda rows: None)[0]["answer"]
+        with running(loaded_chatter, no_repeat_ngram_size=n) as (url, _):
+            answer = client(url).chat.completions.create(model="adapter", max_tokens=40,
+                                                         messages=[{"role": "user", "content": PROMPTS[0]}])
+        answers[n] = answer.choices[0].message.content.strip()
+        assert answers[n] == expected
+    assert answers[2] != answers[0]

@@ -1,10 +1,10 @@
-"""The bad-input corpus of the `finetune` commands: each bad argument or damaged trained folder, given to the real
-console script, is one `error:` line (no traceback), exit status 1 and nothing written; Ctrl-C is one line too."""
+"""The bad-input corpus of the `finetune` commands: each bad argument or damaged trained folder, given to the command
+line's entry point, is one `error:` line (no traceback), exit status 1 and nothing written; Ctrl-C to the real
+console script is one line too."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
@@ -133,18 +133,25 @@ def files(folder: Path) -> dict[str, int]:
 
 @pytest.mark.parametrize("case, argv, expected", CASES, ids=[c[0] for c in CASES])
 def test_a_bad_argument_or_damaged_folder_is_one_error_line_and_nothing_written(case, argv, expected, folders,
-                                                                                 tmp_path):
+                                                                                 tmp_path, monkeypatch, capsys):
+    """In process, as the console script runs it (`finetune.cli.main`); the real command line's exit status and
+    line are checked by tests/test_bad_inputs.py and the Ctrl-C test below."""
+    from finetune import cli
+
     work = workdir(tmp_path)
     names = {**{k: str(v) for k, v in folders.items()},
              "adapter": str(damaged(folders, tmp_path, case)) if case in DAMAGE else ""}
     argv = [a.format(**names) for a in argv]
     before = files(tmp_path)
-    proc = subprocess.run([str(FINETUNE), *argv], cwd=work, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 1, proc.stderr
-    assert "Traceback" not in proc.stderr and lines, proc.stderr
-    assert [line for line in lines if line.startswith("error: ")] == [lines[-1]], proc.stderr
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert exit_.value.code == 1, err
+    assert "Traceback" not in err and lines, err
+    assert [line for line in lines if line.startswith("error: ")] == [lines[-1]], err
     assert expected in lines[-1], lines[-1]
     assert files(tmp_path) == before  # nothing written, nothing half-written
 

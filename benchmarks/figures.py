@@ -28,7 +28,13 @@ PATHS = {"project": "project path", "seeds": "the notebook recipe this project r
          "project-low-memory": "project path, low-memory mode", "project-eager": "project path, compile off",
          "project-padded": "project path, padded rows", "project-4k": "project path, 4,096 tokens a step",
          "project-8k": "project path, 8,192 tokens a step", "unsloth": "Unsloth",
-         "unsloth-offload": "Unsloth, offloaded checkpointing", "project-liger": "project path, Liger Kernel (not compiled)"}
+         "unsloth-offload": "Unsloth, offloaded checkpointing", "project-liger": "project path, Liger Kernel (not compiled)",
+         "project-flce": "project path, Liger's fused linear cross-entropy",
+         "project-offload": "project path, low-memory mode, checkpointed inputs in host memory (batch 16)",
+         "project-offload-flce": "project path, low-memory mode, checkpointed inputs in host memory (batch 16), "
+                                 "Liger's fused linear cross-entropy",
+         "project-offload-streamed-flce": "project path, low-memory mode, checkpointed inputs in host memory on a "
+                                          "side stream (batch 16), Liger's fused linear cross-entropy"}
 LAYERS = {"4bit": "4-bit", "dense": "dequantized (dense)"}
 OBJECTIVES = {"label_scoring": "label scoring", "head": "a classification head"}
 

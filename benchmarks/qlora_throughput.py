@@ -12,6 +12,14 @@ LoRA r=16 alpha=32 on all linear layers, sequence at most 512.
            batches, loss on the answers only. The Trainer is stopped after the timed steps.
            `project-liger*`: the same with Liger Kernel's fused RMSNorm, SwiGLU, RoPE and linear cross-entropy
            on the model (Llama only), applied through Liger's own API before training.
+           `project-flce`: the project path as it is (compiled blocks) with only Liger's fused linear
+           cross-entropy for the head and the loss (Llama only): the loss from chunks of the head's output, never
+           the whole [tokens, vocabulary] logits. `project-offload`: the low-memory mode (checkpointing on) with
+           each checkpointed layer's input held in pinned host memory (transformers' own `offload=True`:
+           `save_on_cpu` around each layer's checkpoint, copies on the compute stream), at the task batch of 16;
+           `project-offload-flce`: the same with the fused linear cross-entropy; `project-offload-streamed-flce`:
+           the copies on a side stream, each layer's input fetched back one layer ahead in the backward
+           (`StreamedOffload`), with the fused linear cross-entropy.
 - unsloth: Unsloth's `FastLanguageModel` on the same checkpoint (`benchmarks/unsloth_path.py`), in its own
            environment; `unsloth-offload`: with its offloaded activation checkpointing. Batches from
            `--unsloth-batches`.
@@ -25,6 +33,8 @@ Workloads (`benchmarks/workloads.py`; the token ids are random, the lengths and 
 - full512:   every example 512 tokens long, loss on every token: no padding for anyone to save.
 
 `--packing-check` adds `benchmarks/packing_check.py`: the loss of the same examples packed and padded.
+Every project case records each step's loss (`losses`); `loss_comparisons` sets each project path's beside the
+path run first on the same model, workload and batch (the same seed, so the same examples and starting adapter).
 Tokens/s counts real (not padding) tokens. Writes one JSON per run under the output folder and
 prints a table. Usage:
 
@@ -42,7 +52,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.measure import MATMUL_CEILING_TFLOPS, StepClock, figures, free, mfu
+from benchmarks.measure import MATMUL_CEILING_TFLOPS, StepClock, figures, free, mfu, patched
 from benchmarks.packing_check import packing_check
 from benchmarks.seeds_stack import seeds_measure, seeds_model
 from benchmarks.unsloth_path import unsloth_measure
@@ -112,6 +122,13 @@ PATH_TRAIN = {  # train settings each project path changes from params.yaml
     # Liger's Triton kernels do not trace under torch.compile here (its RMSNorm casts a Python float), so eager
     "project-liger": {"compile": False},
     "project-liger-low-memory": {"gradient_checkpointing": True, "compile": False},
+    "project-flce": {},  # only the head and loss change (with_fused_cross_entropy): compiled blocks as `project`
+    "project-offload": {"gradient_checkpointing": True},
+    "project-offload-flce": {"gradient_checkpointing": True},
+    "project-offload-streamed-flce": {"gradient_checkpointing": True},
+}
+PATH_TASK_BATCH = {  # the task's batch where a path changes it (else 8): the low-memory mode holds a step to it
+    "project-offload": 16, "project-offload-flce": 16, "project-offload-streamed-flce": 16,
 }
 UNSLOTH_PATHS = {"unsloth": False, "unsloth-offload": True}  # path -> Unsloth's offloaded checkpointing
 
@@ -124,13 +141,116 @@ def with_liger(model) -> None:
     apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, fused_linear_cross_entropy=True, model=model)
 
 
+def with_fused_cross_entropy(model) -> None:
+    """Only Liger Kernel's fused linear cross-entropy on a loaded Llama: its `forward` (this instance's alone) hands
+    the final hidden states, the head's weight and the labels to the fused kernel, which computes the loss and the
+    hidden states' gradient chunk by chunk, never holding the logits. Everything else is transformers' own, so the
+    decoder blocks compile as in the project path. The labels are shifted and -100 ignored as transformers' own
+    loss does, within the positions `logits_to_keep` keeps (padded batches) or over the packed row, whose examples'
+    first tokens TRL's collator masks; `num_items_in_batch` divides the sum as transformers' loss does."""
+    from liger_kernel.transformers import apply_liger_kernel_to_llama
+
+    apply_liger_kernel_to_llama(rope=False, cross_entropy=False, fused_linear_cross_entropy=True, rms_norm=False,
+                                swiglu=False, model=model)
+
+
+class _Held:
+    """One offloaded tensor: its pinned host copy, and its device copy while on the way back (compared by identity)."""
+
+    __slots__ = ("host", "device", "stride", "gpu", "ready")
+
+    def __init__(self, host: torch.Tensor, device: torch.device, stride: tuple):
+        self.host, self.device, self.stride, self.gpu, self.ready = host, device, stride, None, None
+
+
+class StreamedOffload:
+    """Each checkpointed layer's input to pinned host memory on a side stream, and back one layer ahead.
+
+    Saved-tensor hooks entered around each layer's checkpoint call, so that they see only the tensors the checkpoint
+    keeps (the layer's input; what the layer saves inside is the checkpoint's own, recomputed). The forward's copy
+    to the host runs beside the next layers' compute instead of stopping the compute stream; in the backward, taking
+    a layer's input back starts the copy of the layer below's, so that it is there when its recompute begins.
+    """
+
+    def __init__(self, min_bytes: int = 1 << 20):
+        self.stream = torch.cuda.Stream()
+        self.min_bytes = min_bytes
+        self.pending: list[_Held] = []  # packed and not yet taken back, in the forward's order
+
+    def pack(self, tensor: torch.Tensor):
+        if not tensor.is_cuda or tensor.numel() * tensor.element_size() < self.min_bytes:
+            return tensor
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream):
+            host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            host.copy_(tensor, non_blocking=True)
+        tensor.record_stream(self.stream)  # its memory is not handed out again before the copy has read it
+        entry = _Held(host, tensor.device, tensor.stride())
+        self.pending.append(entry)
+        return entry
+
+    def _fetch(self, entry: _Held) -> None:
+        with torch.cuda.stream(self.stream):  # after the copy to the host, queued on this stream before it
+            gpu = torch.empty_strided(entry.host.shape, entry.stride, dtype=entry.host.dtype, device=entry.device)
+            gpu.copy_(entry.host, non_blocking=True)
+            entry.ready = torch.cuda.Event()
+            entry.ready.record(self.stream)
+        entry.gpu = gpu
+
+    def unpack(self, entry):
+        if isinstance(entry, torch.Tensor):
+            return entry
+        if entry.gpu is None:
+            self._fetch(entry)
+        main = torch.cuda.current_stream()
+        main.wait_event(entry.ready)
+        gpu, entry.gpu = entry.gpu, None  # the checkpoint holds it while it recomputes; nothing here does
+        gpu.record_stream(main)
+        if any(held is entry for held in self.pending):
+            self.pending = [held for held in self.pending if held is not entry]
+            if self.pending and self.pending[-1].gpu is None:
+                self._fetch(self.pending[-1])  # the next layer down: its recompute comes next
+        return gpu
+
+    def checkpoint(self, function, *args, **kwargs):
+        from torch.utils.checkpoint import checkpoint
+
+        with torch.autograd.graph.saved_tensors_hooks(self.pack, self.unpack):
+            return checkpoint(function, *args, **kwargs)
+
+
+def offloaded_checkpointing(streamed: bool):
+    """`finetune.model.methods.checkpointing_on` with the checkpointed layers' inputs held in pinned host memory:
+    transformers' own `offload=True` (its `save_on_cpu` around each layer's checkpoint), or `StreamedOffload`."""
+    import functools
+
+    def checkpointing_on(model, enabled: bool) -> None:
+        if not enabled:
+            return
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x; the old name is deprecated
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, offload=not streamed)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs, offload=not streamed)
+        if streamed:
+            offload = StreamedOffload()
+            for module in model.modules():
+                if getattr(module, "gradient_checkpointing", False) and hasattr(module, "_gradient_checkpointing_func"):
+                    module._gradient_checkpointing_func = functools.partial(offload.checkpoint, **kwargs)
+        model.enable_input_require_grads()
+
+    return checkpointing_on
+
+
 def project_measure(folder: Path, examples: list[dict], steps: int, warmup: int, path: str = "project",
                     profile_to: Path | None = None) -> dict:
     """train_model on the workload, as train_qlora runs it, stopped after `warmup + steps` steps."""
     import tempfile
 
+    import contextlib
+
     from finetune import params
-    from finetune.model import base_model
+    from finetune.model import base_model, methods
     from finetune.param_schemas import TaskTrainParams
     from finetune.train.training import train_model
 
@@ -138,15 +258,23 @@ def project_measure(folder: Path, examples: list[dict], steps: int, warmup: int,
     model = base_model.load_model(str(folder), "main", base_model.quantization_config(True, "nf4", True))
     if "-liger" in path:
         with_liger(model)
+    if path.endswith("-flce"):
+        with_fused_cross_entropy(model)
     real_tokens = []  # per forward call: the Trainer feeds the model the collator's batches
     model.register_forward_pre_hook(lambda module, args, kwargs: real_tokens.append(counted_tokens(kwargs)),
                                     with_kwargs=True)
+    losses = []  # each forward call's loss, left on the GPU until training ends (reading it would sync the step)
+    model.register_forward_hook(lambda module, args, output: losses.append(
+        output["loss"].detach() if isinstance(output, dict) and output.get("loss") is not None else None))
     clock = StepClock(warmup=warmup, steps=steps)
-    task_train = TaskTrainParams(epochs=1, batch_size=8, learning_rate=2e-4, max_length=SEQUENCE)
+    task_train = TaskTrainParams(epochs=1, batch_size=PATH_TASK_BATCH.get(path, 8), learning_rate=2e-4,
+                                 max_length=SEQUENCE)
     lora = params.replace(params.read("lora"), r=16, alpha=32)
     train_p = params.replace(params.read("train"), **PATH_TRAIN[path])
     callbacks = [clock] + ([profile_callback(profile_to, warmup, steps)] if profile_to else [])
-    with tempfile.TemporaryDirectory() as work:
+    offload = (patched(methods, "checkpointing_on", offloaded_checkpointing(streamed="-streamed" in path))
+               if "-offload" in path else contextlib.nullcontext())
+    with tempfile.TemporaryDirectory() as work, offload:
         trained, result, timings = train_model(model, stand_in_tokenizer(), examples, [], task_train, train_p, lora,
                                                Path(work), callbacks=callbacks)
         peft_model = trained.model
@@ -155,7 +283,9 @@ def project_measure(folder: Path, examples: list[dict], steps: int, warmup: int,
     out = figures(result.batch_size, seconds, timed, tokens, None, result.gradient_checkpointing,
                   loss=result.final_loss, peak_gib=timings.peak_memory_gib)
     out.update(compiled=result.compiled, padding_free=result.padding_free, warmup_steps=warmup,
-               warmup_s=clock.warmup_s(), step_times=[round(b - a, 3) for a, b in zip(clock.ends, clock.ends[1:])])
+               warmup_s=clock.warmup_s(), step_times=[round(b - a, 3) for a, b in zip(clock.ends, clock.ends[1:])],
+               learning_rate=result.learning_rate,
+               losses=[None if x is None else round(float(x), 6) for x in losses[:warmup + timed]])
     del peft_model, model
     free()
     return out
@@ -179,7 +309,7 @@ def run(args) -> None:
                   "matmul_ceiling_tflops": MATMUL_CEILING_TFLOPS, "libraries": versions,
                   "command": "python3 -m benchmarks.qlora_throughput run " + " ".join(args.argv),
                   "workloads": {name: describe(profiles[name]) for name in args.workloads if name in profiles},
-                  "cases": rows, "packing_checks": checks}
+                  "cases": rows, "packing_checks": checks, "loss_comparisons": loss_comparisons(rows)}
         (out / f"qlora_throughput_{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
 
     for shape in args.models:
@@ -237,6 +367,34 @@ def run(args) -> None:
             save()
     save()
     print_table(rows)
+    for c in loss_comparisons(rows):
+        print(f"loss {c['model']} {c['workload']} batch {c['batch']}: {c['path']} against {c['reference']}, "
+              f"first step {c['first_step_relative_difference']:.2e}, max over {c['steps']} steps "
+              f"{c['max_relative_difference']:.2e}")
+
+
+def loss_comparisons(rows: list[dict]) -> list[dict]:
+    """Each project path's step losses beside those of the project path run first on the same model, workload and
+    batch: the same seed, so the same examples in the same order and the same starting adapter. The first step's
+    loss is computed before any update, so it compares the forward alone; later steps also carry the updates (the
+    same only where the learning rates agree)."""
+    out, first = [], {}
+    for r in rows:
+        if not str(r.get("path", "")).startswith("project") or not r.get("losses"):
+            continue
+        key = (r["model"], r["workload"], r["batch"])
+        ref = first.setdefault(key, r)
+        if ref is r:
+            continue
+        pairs = [(a, b) for a, b in zip(ref["losses"], r["losses"]) if a is not None and b is not None]
+        if not pairs:
+            continue
+        relative = [abs(b - a) / abs(a) for a, b in pairs]
+        out.append({"model": key[0], "workload": key[1], "batch": key[2], "reference": ref["path"], "path": r["path"],
+                    "steps": len(pairs), "first_step_relative_difference": round(relative[0], 7),
+                    "max_relative_difference": round(max(relative), 7),
+                    "same_learning_rate": ref.get("learning_rate") == r.get("learning_rate")})
+    return out
 
 
 def print_table(rows: list[dict]) -> None:
@@ -264,7 +422,9 @@ def main() -> None:
                    help="project-eager: train.compile off; project-low-memory: train.gradient_checkpointing true; "
                         "project-padded: train.padding_free false; "
                         "project-4k / project-8k: train.gpu_batch_tokens 4096 / 8192; project-liger*: with Liger "
-                        "Kernel's fused layers; unsloth, unsloth-offload: Unsloth (benchmarks/unsloth_path.py)")
+                        "Kernel's fused layers; project-flce: only Liger's fused linear cross-entropy, compiled; "
+                        "project-offload*: the low-memory mode with the checkpointed inputs in pinned host memory, "
+                        "task batch 16; unsloth, unsloth-offload: Unsloth (benchmarks/unsloth_path.py)")
     p.add_argument("--unsloth-batches", type=json.loads, default={"full512": [16], "instacart": [256]},
                    help='Unsloth\'s padded batches per workload, as JSON: {"full512": [16, 32]}')
     p.add_argument("--packing-check", action="store_true",

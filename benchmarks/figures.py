@@ -30,6 +30,9 @@ PATHS = {"project": "project path", "seeds": "the notebook recipe this project r
          "project-8k": "project path, 8,192 tokens a step", "unsloth": "Unsloth",
          "unsloth-offload": "Unsloth, offloaded checkpointing", "project-liger": "project path, Liger Kernel (not compiled)",
          "project-flce": "project path, Liger's fused linear cross-entropy",
+         "project-cudagraphs": "project path, compiled blocks replayed as CUDA graphs",
+         "project-cudagraphs-flce": "project path, compiled blocks replayed as CUDA graphs, Liger's fused linear "
+                                    "cross-entropy",
          "project-offload": "project path, low-memory mode, checkpointed inputs in host memory (batch 16)",
          "project-offload-flce": "project path, low-memory mode, checkpointed inputs in host memory (batch 16), "
                                  "Liger's fused linear cross-entropy",

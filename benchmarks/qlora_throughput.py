@@ -20,6 +20,8 @@ LoRA r=16 alpha=32 on all linear layers, sequence at most 512.
            `project-offload-flce`: the same with the fused linear cross-entropy; `project-offload-streamed-flce`:
            the copies on a side stream, each layer's input fetched back one layer ahead in the backward
            (`StreamedOffload`; these changes are benchmarks/step_changes.py), with the fused linear cross-entropy.
+           `project-cudagraphs`: the blocks compiled with `mode="reduce-overhead"`, static shapes (CUDA graphs
+           replayed: the host launches a graph, not each kernel); `-flce`: with the fused linear cross-entropy.
 - unsloth: Unsloth's `FastLanguageModel` on the same checkpoint (`benchmarks/unsloth_path.py`), in its own
            environment; `unsloth-offload`: with its offloaded activation checkpointing. Batches from
            `--unsloth-batches`.
@@ -55,7 +57,8 @@ import torch
 from benchmarks.measure import MATMUL_CEILING_TFLOPS, StepClock, figures, free, mfu, patched
 from benchmarks.packing_check import packing_check
 from benchmarks.seeds_stack import seeds_measure, seeds_model
-from benchmarks.step_changes import offloaded_checkpointing, with_fused_cross_entropy, with_liger
+from benchmarks.step_changes import (compiled_with_cuda_graphs, offloaded_checkpointing, with_fused_cross_entropy,
+                                     with_liger)
 from benchmarks.unsloth_path import unsloth_measure
 from benchmarks.workloads import SEQUENCE, describe, profile, stand_in_tokenizer, workload
 
@@ -127,6 +130,8 @@ PATH_TRAIN = {  # train settings each project path changes from params.yaml
     "project-offload": {"gradient_checkpointing": True},
     "project-offload-flce": {"gradient_checkpointing": True},
     "project-offload-streamed-flce": {"gradient_checkpointing": True},
+    "project-cudagraphs": {},  # the blocks compiled with mode="reduce-overhead" (compiled_with_cuda_graphs)
+    "project-cudagraphs-flce": {},
 }
 PATH_TASK_BATCH = {  # the task's batch where a path changes it (else 8): the low-memory mode holds a step to it
     "project-offload": 16, "project-offload-flce": 16, "project-offload-streamed-flce": 16,
@@ -144,6 +149,7 @@ def project_measure(folder: Path, examples: list[dict], steps: int, warmup: int,
     from finetune import params
     from finetune.model import base_model, methods
     from finetune.param_schemas import TaskTrainParams
+    from finetune.train import training
     from finetune.train.training import train_model
 
     # A fresh base model per workload, as train_qlora loads one: train_model freezes and wraps it.
@@ -166,7 +172,9 @@ def project_measure(folder: Path, examples: list[dict], steps: int, warmup: int,
     callbacks = [clock] + ([profile_callback(profile_to, warmup, steps)] if profile_to else [])
     offload = (patched(methods, "checkpointing_on", offloaded_checkpointing(streamed="-streamed" in path))
                if "-offload" in path else contextlib.nullcontext())
-    with tempfile.TemporaryDirectory() as work, offload:
+    graphs = (patched(training, "compile_blocks", compiled_with_cuda_graphs()) if "-cudagraphs" in path
+              else contextlib.nullcontext())
+    with tempfile.TemporaryDirectory() as work, offload, graphs:
         trained, result, timings = train_model(model, stand_in_tokenizer(), examples, [], task_train, train_p, lora,
                                                Path(work), callbacks=callbacks)
         peft_model = trained.model
@@ -316,7 +324,7 @@ def main() -> None:
                         "project-4k / project-8k: train.gpu_batch_tokens 4096 / 8192; project-liger*: with Liger "
                         "Kernel's fused layers; project-flce: only Liger's fused linear cross-entropy, compiled; "
                         "project-offload*: the low-memory mode with the checkpointed inputs in pinned host memory, "
-                        "task batch 16; unsloth, unsloth-offload: Unsloth (benchmarks/unsloth_path.py)")
+                        "task batch 16; project-cudagraphs*: the compiled blocks replayed as CUDA graphs; unsloth, unsloth-offload: Unsloth (benchmarks/unsloth_path.py)")
     p.add_argument("--unsloth-batches", type=json.loads, default={"full512": [16], "instacart": [256]},
                    help='Unsloth\'s padded batches per workload, as JSON: {"full512": [16, 32]}')
     p.add_argument("--packing-check", action="store_true",

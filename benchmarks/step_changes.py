@@ -1,7 +1,7 @@
 """Changes to the training step that `qlora_throughput.py` measures beside the project path: Liger Kernel's fused
 layers (`project-liger*`) or only its fused linear cross-entropy (`*-flce`), and the checkpointed layers' inputs
 offloaded to pinned host memory (`project-offload*`: transformers' own offload, or the copies on a side stream,
-fetched back a layer ahead). Each is applied to a model the benchmark has built; none is part of the pipeline.
+fetched back a layer ahead), and the compiled blocks replayed as CUDA graphs (`project-cudagraphs*`). Each is applied to a model the benchmark has built; none is part of the pipeline.
 """
 
 from __future__ import annotations
@@ -116,3 +116,18 @@ def offloaded_checkpointing(streamed: bool):
         model.enable_input_require_grads()
 
     return checkpointing_on
+
+
+def compiled_with_cuda_graphs():
+    """`finetune.train.training.compile_blocks` with torch.compile's `mode="reduce-overhead"`: each block's compiled
+    forward and backward recorded once per shape as CUDA graphs and replayed, so that a step's thousands of kernel
+    launches cost the host one replay per graph (static shapes: the full-row workload's batches are all one shape)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    def compile_blocks(model, backend: str = "inductor") -> int:
+        blocks = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+        for block in blocks:
+            block.compile(dynamic=False, backend=backend, mode="reduce-overhead")
+        return len(blocks)
+
+    return compile_blocks

